@@ -1,0 +1,1 @@
+"""Legato bench package (see ARCHITECTURE.md)."""

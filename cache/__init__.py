@@ -1,0 +1,1 @@
+"""Legato cache package (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Legato drm package (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Legato edge package (see ARCHITECTURE.md)."""

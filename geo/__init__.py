@@ -1,0 +1,1 @@
+"""Legato geo package (see ARCHITECTURE.md)."""

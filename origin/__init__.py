@@ -1,0 +1,1 @@
+"""Legato origin package (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Legato regional package (see ARCHITECTURE.md)."""
