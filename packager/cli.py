@@ -1,0 +1,116 @@
+"""`legato package`: the content team's command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from packager.pipeline import Outcome
+
+DESCRIPTION = """\
+Package source tracks into the store: AAC-LC and FLAC renditions as CMAF
+segments, HLS and DASH manifests and a track.json catalog record per track.
+
+Sources may be files or directories (searched recursively for audio files).
+A track is built in a temporary directory inside the store and renamed into
+place when complete. Re-running on an unchanged source with an unchanged
+ladder does nothing (use --force to rebuild). Exit status: 0 when every
+source was packaged or skipped, 1 when any failed, 2 on bad usage or config.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from legato.cli import HelpFormatter
+
+    p = sub.add_parser("package", help="package source tracks into a store", description=DESCRIPTION,
+                       formatter_class=HelpFormatter)
+    p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="audio files or directories")
+    p.add_argument("--store", type=Path, required=True, help="store directory (tracks go to STORE/tracks/ID/)")
+    p.add_argument("--track-id", help="track id for a single source (default: derived from the source content)")
+    p.add_argument("--ladder", type=Path, default=None,
+                   help="ladder TOML (default: the built-in ladder, identical to config/ladder.toml)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="tracks packaged in parallel")
+    p.add_argument("--force", action="store_true", help="rebuild tracks that are already up to date")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="say which ffmpeg is used, print each source's probe, tracebacks of internal errors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that `legato --help` and other subcommands stay fast.
+    from tqdm import tqdm
+
+    from legato.config import ConfigError, load
+    from packager import tools
+    from packager.ladder import LadderConfig
+    from packager.pipeline import PackageError, expand_sources, package_batch
+    from packager.probe import SourceError, probe
+
+    try:
+        ladder = load(LadderConfig, args.ladder) if args.ladder else LadderConfig()
+    except ConfigError as exc:
+        print(f"legato package: {exc}", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print("legato package: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    missing = [p for p in args.sources if not p.exists()]
+    if missing:
+        for p in missing:
+            print(f"legato package: {p}: no such file or directory", file=sys.stderr)
+        return 2
+    sources = expand_sources(args.sources)
+    if not sources:
+        print("legato package: no audio files found in the given directories", file=sys.stderr)
+        return 2
+    try:
+        ffmpeg_line = tools.describe()
+    except tools.ToolMissing as exc:
+        print(f"legato package: {exc}", file=sys.stderr)
+        return 2
+    if args.verbose:
+        print(f"using {ffmpeg_line}", file=sys.stderr)
+        print(f"ffprobe: {tools.ffprobe() or 'not found (probing with mutagen only)'}", file=sys.stderr)
+
+    total = 0.0
+    for src in sources:
+        try:
+            info = probe(src)
+            total += info.duration
+            if args.verbose:
+                print(f"probe {src}: {info.codec} {info.sample_rate} Hz {info.channels} ch "
+                      f"{info.bits or '-'} bit {info.duration:.2f} s tags={info.tags}", file=sys.stderr)
+        except SourceError:
+            pass  # reported with the outcome
+    bar = tqdm(total=round(total, 1), unit="s", unit_scale=False, desc="packaging", file=sys.stderr,
+               disable=True if args.no_progress else None, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio "
+               "[{elapsed}<{remaining}]")
+
+    def done(outcome: Outcome) -> None:
+        bar.write(_line(outcome), file=sys.stderr) if args.verbose else None
+
+    try:
+        outcomes = package_batch(sources, args.store, ladder, track_id=args.track_id, jobs=args.jobs,
+                                 force=args.force, progress=bar.update, on_done=done, verbose=args.verbose)
+    except PackageError as exc:
+        bar.close()
+        print(f"legato package: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("packaged", "skipped", "failed")}
+    for outcome in outcomes:
+        print(_line(outcome))
+    print(f"{counts['packaged']} packaged, {counts['skipped']} skipped, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
+def _line(o: "Outcome") -> str:
+    if o.status == "failed":
+        return f"failed    {o.source}: {o.reason}"
+    suffix = f" ({o.reason})" if o.reason else ""
+    return f"{o.status:<9} {o.source} -> tracks/{o.track_id}{suffix}"
