@@ -12,20 +12,30 @@ import sys
 
 from legato import __version__
 
-# subcommand -> module that registers it (imported lazily: `legato token` must
-# not pay for ffmpeg-python, `legato package` not for aiohttp).
+# subcommand -> (module that registers it, one-line summary).  Only the module of
+# the command being run is imported: `legato token` must not pay for
+# ffmpeg-python, nor `legato package` for aiohttp.
 SUBCOMMANDS = {
-    "package": "packager.cli",
-    "origin": "origin.cli",
-    "demo": "legato.demo",
+    "package": ("packager.cli", "package source tracks into a store"),
+    "origin": ("origin.cli", "serve a store over HTTP (the origin tier)"),
+    "demo": ("legato.demo", "generate, package, serve and verify sample tracks"),
 }
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps description paragraphs."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps description paragraphs and shows each option's default, unless the
+    help already says it or there is none worth showing (unset, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for ``command``; other subcommands appear by name and summary."""
     parser = argparse.ArgumentParser(
         prog="legato",
         description="Legato: package music into encrypted CMAF ladders and serve it "
@@ -34,13 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"legato {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in SUBCOMMANDS.values():
-        importlib.import_module(module).register(sub)
+    for name, (module, summary) in SUBCOMMANDS.items():
+        if name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
