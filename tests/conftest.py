@@ -23,6 +23,12 @@ def legato(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 
 
 @pytest.fixture(scope="session")
+def cli():  # type: ignore[no-untyped-def]
+    """The `legato` runner above, for tests: ``cli("package", ...)``."""
+    return legato
+
+
+@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("samples")
 
