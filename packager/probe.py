@@ -8,6 +8,7 @@ read.  Problems come back as :class:`SourceError` with a one-line reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -120,6 +121,4 @@ def probe(path: Path) -> Source:
                 tags[key] = cleaned
     duration = float(info.get("length") or stream.get("duration") or data.get("format", {}).get("duration") or 0.0)
     source = Source(path, size, codec, rate, channels, bits, duration, tags, tuple(warnings))
-    if source.lossless is False:
-        source = Source(path, size, codec, rate, channels, None, duration, tags, tuple(warnings))
-    return source
+    return source if source.lossless else dataclasses.replace(source, bits=None)  # lossy: no bit depth
