@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legato.config import section, setting
+from legato.http import parse_origins
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,11 @@ class CacheControl:
     manifest_max_age: int = setting(60, "max-age (s) for playlists, MPDs and track.json")
     license_max_age: int = setting(30, "max-age (s) for licence records")
 
+    def __post_init__(self) -> None:
+        for name in ("segment_max_age", "manifest_max_age", "license_max_age"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)} is negative")
+
 
 @dataclass(frozen=True)
 class OriginConfig:
@@ -21,12 +27,27 @@ class OriginConfig:
     listen: str = setting("127.0.0.1:8080", "HOST:PORT to listen on (port 0 picks a free port)")
     workers: int = setting(1, "worker processes sharing the port with SO_REUSEPORT")
     access_log: bool = setting(True, "one JSON access-log line per request on stderr")
-    cors_origin: str = setting("*", "Access-Control-Allow-Origin sent to browser players")
+    cors_origin: str = setting("*", "Access-Control-Allow-Origin for browser players: '*', one origin, or a comma-separated list (reflected, with Vary: Origin)")
     cache_control: CacheControl = section(CacheControl, "Cache-Control lifetimes by object kind")
+    shutdown_timeout: float = setting(10.0, "seconds to let in-flight responses finish after SIGTERM/SIGINT")
+    memory_cache_mb: int = setting(256, "per-worker in-memory cache of small store files (MiB; 0 disables)")
+    memory_object_max_kb: int = setting(4096, "files up to this size (KiB) are served from memory; larger are streamed")
+    stream_chunk_kb: int = setting(256, "read size (KiB) when streaming large files")
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 256:
             raise ValueError(f"workers {self.workers} outside 1..256")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout {self.shutdown_timeout} is negative")
+        for name in ("memory_cache_mb", "memory_object_max_kb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)} is negative")
+        if self.stream_chunk_kb < 1:
+            raise ValueError(f"stream_chunk_kb {self.stream_chunk_kb} must be at least 1")
+        try:
+            parse_origins(self.cors_origin)
+        except ValueError as exc:
+            raise ValueError(f"cors_origin {self.cors_origin!r}: {exc}") from None
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"listen {self.listen!r} is not HOST:PORT")
