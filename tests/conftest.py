@@ -50,3 +50,15 @@ def packaged_store(tmp_path_factory: pytest.TempPathFactory, source_track: Path)
 @pytest.fixture(scope="session")
 def packaged_track(packaged_store: Path) -> tuple[Path, str]:
     return packaged_store, "sunrise"
+
+
+from collections.abc import Iterator  # noqa: E402 - appended with the origin fixture below
+
+from servers import run_origin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def origin_url(packaged_store: Path) -> Iterator[str]:
+    """Base URL of a real `legato origin` process serving `packaged_store` (127.0.0.1, own port)."""
+    with run_origin(packaged_store) as url:
+        yield url

@@ -1,0 +1,120 @@
+"""Real node processes for tests: started on 127.0.0.1 port 0, owned by PID.
+
+``run_origin(store, *args)`` is a context manager yielding the base URL of a
+``legato origin`` subprocess.  It learns the port from the one readiness line
+the node prints (``origin listening on http://HOST:PORT``), waits for it for a
+bounded time, and on exit stops exactly that process: SIGTERM, then SIGKILL
+after a timeout, then reaps it.  ``origin_process`` is the same with the
+process handle and its captured stderr (the JSON access log) exposed.
+
+Import as ``from servers import run_origin`` (tests/ is on sys.path through
+the root conftest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class NodeProcess:
+    """A running node: its base URL, process and stderr capture file."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        """Everything the node wrote to stderr so far (access log, warnings)."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Signal the node, wait for it (SIGKILL on timeout) and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Read one stdout line within ``timeout`` seconds, or raise."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no readiness line within {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"exited before listening (status {proc.wait()})")
+            buf += chunk
+    return buf.split(b"\n", 1)[0].decode()
+
+
+@contextlib.contextmanager
+def node_process(role: str, *args: str, start_timeout: float = START_TIMEOUT) -> Iterator[NodeProcess]:
+    """Run ``legato ROLE ARGS...`` until it announces its URL; stop it on exit."""
+    with tempfile.TemporaryDirectory(prefix=f"legato-{role}-") as tmp:
+        stderr_path = Path(tmp) / "stderr.log"
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "legato.cli", role, *args],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+            )
+        node = NodeProcess("", proc, stderr_path)
+        try:
+            try:
+                line = _read_line(proc, start_timeout)
+            except (TimeoutError, RuntimeError) as exc:
+                raise RuntimeError(f"legato {role} {' '.join(args)}: {exc}\n{node.stderr()[-3000:]}") from None
+            prefix = f"{role} listening on "
+            if not line.startswith(prefix):
+                raise RuntimeError(f"legato {role}: unexpected first line {line!r}")
+            node.url = line[len(prefix):]
+            yield node
+        finally:
+            node.stop()
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def origin_process(store: Path, *extra_args: str, workers: int = 1) -> Iterator[NodeProcess]:
+    """An origin serving ``store`` on 127.0.0.1, any free port."""
+    args = ["--store", str(store), "--listen", "127.0.0.1:0", *extra_args]
+    if workers != 1:
+        args += ["--workers", str(workers)]
+    with node_process("origin", *args) as node:
+        yield node
+
+
+@contextlib.contextmanager
+def run_origin(store: Path, *extra_args: str, workers: int = 1) -> Iterator[str]:
+    """Base URL (``http://127.0.0.1:PORT``) of an origin serving ``store``."""
+    with origin_process(store, *extra_args, workers=workers) as node:
+        yield node.url
