@@ -72,9 +72,8 @@ def start_origin(store: Path, listen: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from legato.config import load
+    from packager.cli import progress_bar
     from packager.ladder import LadderConfig
     from packager.pipeline import package_batch
     from packager.samples import write_sample
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     ladder_file = Path("config/ladder.toml")
     ladder = load(LadderConfig, ladder_file) if ladder_file.exists() else LadderConfig()
     ids = {src: src.stem for src in sources}
-    with tqdm(total=round(args.seconds * len(sources)), unit="s", desc="    packaging", file=sys.stderr) as bar:
+    with progress_bar(args.seconds * len(sources), desc="    packaging") as bar:
         for src in sources:
             for o in package_batch([src], store, ladder, track_id=ids[src], progress=bar.update):
                 bar.write(f"    {o.status:<9} {src.name} -> tracks/{ids[src]} {o.reason}")

@@ -43,8 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `legato --help` and other subcommands stay fast.
-    from tqdm import tqdm
-
     from legato.config import ConfigError, load
     from packager import tools
     from packager.ladder import LadderConfig
@@ -87,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{info.bits or '-'} bit {info.duration:.2f} s tags={info.tags}", file=sys.stderr)
         except SourceError:
             pass  # reported with the outcome
-    bar = tqdm(total=round(total, 1), unit="s", unit_scale=False, desc="packaging", file=sys.stderr,
-               disable=True if args.no_progress else None, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio "
-               "[{elapsed}<{remaining}]")
+    bar = progress_bar(total, disable=True if args.no_progress else None)
 
     def done(outcome: Outcome) -> None:
         bar.write(_line(outcome), file=sys.stderr) if args.verbose else None
@@ -107,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
         print(_line(outcome))
     print(f"{counts['packaged']} packaged, {counts['skipped']} skipped, {counts['failed']} failed")
     return 1 if counts["failed"] else 0
+
+
+def progress_bar(seconds: float, disable: bool | None = None, desc: str = "packaging"):  # type: ignore[no-untyped-def]
+    """A bar counting seconds of audio packaged (off when stderr is not a TTY)."""
+    from tqdm import tqdm
+
+    return tqdm(total=round(seconds), desc=desc, file=sys.stderr, disable=disable,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
 
 
 def _line(o: "Outcome") -> str:
