@@ -115,7 +115,7 @@ def runner_kwargs(app: web.Application, *, access_log: bool, shutdown_timeout: f
     Wires the app's observers (and the JSON access log when enabled) into
     aiohttp's per-request logging hook.
     """
-    registered: Sequence[Observer] = app[OBSERVERS] if OBSERVERS in app else ()
+    registered: Sequence[Observer] = app.get(OBSERVERS, ())
     observers = list(registered)
     if access_log:
         observers.append(JsonAccessLog())

@@ -19,6 +19,7 @@ one-line plain-text reason.  Request bodies are never read.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -105,13 +106,8 @@ def error(request: web.Request, status: int, reason: str, **extra: str) -> web.R
 async def handle(request: web.Request) -> web.StreamResponse:
     """Every request lands here (see the module docstring for the phases)."""
     begin(request)
-    raw = request.raw_path
-    if raw == "*":  # asterisk-form: OPTIONS * asks about the server (RFC 9110 §9.3.7)
-        if request.method == hdrs.METH_OPTIONS:
-            return web.Response(status=204, headers={**_base_headers(request), "Allow": ALLOW})
-        return error(request, 400, "'*' is only valid with OPTIONS")
     try:
-        route = urls.parse(target_path(raw))
+        route = urls.parse(target_path(request.raw_path))
     except urls.BadPath as exc:
         return error(request, 400, exc.reason)
     if route is None:
@@ -148,10 +144,13 @@ def metrics(request: web.Request) -> web.Response:
 
 
 def healthz(request: web.Request) -> web.Response:
-    """Liveness plus a store check: 200 when the store is readable, else 503."""
+    """Liveness plus a store check: 200 when the store is readable, else 503.
+
+    The worker's pid tells operators (and tests) which worker answered.
+    """
     store = request.app[STORE]
     readable = store.readable()
-    body = {"status": "ok" if readable else "store unreadable", "version": __version__,
+    body = {"status": "ok" if readable else "store unreadable", "version": __version__, "pid": os.getpid(),
             "store": {"path": str(store.root), "readable": readable}}
     headers = _base_headers(request)
     headers.update({"Content-Type": h.content_type(urls.Kind.HEALTHZ), "Cache-Control": "no-store"})

@@ -23,12 +23,12 @@ class CacheControl:
 
 @dataclass(frozen=True)
 class OriginConfig:
-    store: Path = setting(Path("store"), "store directory written by `legato package` (serves STORE/tracks/...)")
+    store: Path = setting(Path("store"), "store directory written by `legato package` (serves STORE/tracks/...)")  # noqa: RUF009
     listen: str = setting("127.0.0.1:8080", "HOST:PORT to listen on (port 0 picks a free port)")
     workers: int = setting(1, "worker processes sharing the port with SO_REUSEPORT")
     access_log: bool = setting(True, "one JSON access-log line per request on stderr")
     cors_origin: str = setting("*", "Access-Control-Allow-Origin for browser players: '*', one origin, or a comma-separated list (reflected, with Vary: Origin)")
-    cache_control: CacheControl = section(CacheControl, "Cache-Control lifetimes by object kind")
+    cache_control: CacheControl = section(CacheControl, "Cache-Control lifetimes by object kind")  # noqa: RUF009
     shutdown_timeout: float = setting(10.0, "seconds to let in-flight responses finish after SIGTERM/SIGINT")
     memory_cache_mb: int = setting(256, "per-worker in-memory cache of small store files (MiB; 0 disables)")
     memory_object_max_kb: int = setting(4096, "files up to this size (KiB) are served from memory; larger are streamed")
