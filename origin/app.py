@@ -19,6 +19,7 @@ one-line plain-text reason.  Request bodies are never read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from legato.logs import KIND_KEY, Observer, RequestMetrics, begin, render_metric
 from legato.server import OBSERVERS
 from origin.config import OriginConfig
 from origin.store import Store, StoreObject
+
+log = logging.getLogger("legato.origin")
 
 ALLOW = "GET, HEAD, OPTIONS"
 SERVER = f"legato/{__version__}"
@@ -174,7 +177,11 @@ async def serve_object(request: web.Request, route: urls.Route) -> web.StreamRes
     """Serve one store object with validators, conditionals and ranges."""
     app = request.app
     store = app[STORE]
-    obj = await store.lookup(route.relpath)
+    try:
+        obj = await store.lookup(route.relpath)
+    except OSError as exc:  # e.g. EACCES: the operator's problem, not the client's
+        log.warning("cannot read %s: %s", route.relpath, exc.strerror or exc)
+        return error(request, 500, "cannot read this object from the store")
     if obj is None:
         return error(request, 404, _not_found_reason(store, route))
     try:

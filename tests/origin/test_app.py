@@ -463,3 +463,14 @@ async def test_healthz(origin: Origin, session: aiohttp.ClientSession) -> None:
     async with session.get(origin.url + "/healthz") as resp:
         assert resp.status == 503
         assert json.loads(await resp.read())["store"]["readable"] is False
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+async def test_unreadable_file_is_a_logged_500_not_a_crash(origin: Origin, session: aiohttp.ClientSession) -> None:
+    path = origin.store / f"tracks/{TRACK}/aac-96k/init.mp4"
+    path.chmod(0)
+    async with session.get(origin.url + f"/tracks/{TRACK}/aac-96k/init.mp4") as resp:
+        assert resp.status == 500
+        assert "cannot read" in await resp.text()
+    async with session.get(origin.url + MASTER) as resp:
+        assert resp.status == 200
