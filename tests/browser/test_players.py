@@ -14,6 +14,7 @@ from browser_harness import Browser, PlayResult
 SOURCE_DURATION = 20.0  # tests/conftest.py's source_track
 END_TOLERANCE = 0.5
 RATE = 16.0
+PLAY_TIMEOUT = 30.0  # a 20-s track at 16x ends in ~2 s; a stalled player fails here
 MANIFESTS = {"hls": "master.m3u8", "dash": "manifest.mpd"}
 SCENARIOS = [("hls.js", "hls"), ("shaka", "dash"), ("shaka", "hls")]
 # rendition -> (codec family, rank by bandwidth among the ladder's renditions of that codec)
@@ -101,7 +102,12 @@ def test_plays_to_the_end(
     _, track = packaged_track
     src = f"{origin_url}/tracks/{track}/{MANIFESTS[protocol]}"
     run = browser.play(
-        page_url, player=player, src=src, rendition=rendition, rate=RATE, timeout=60
+        page_url,
+        player=player,
+        src=src,
+        rendition=rendition,
+        rate=RATE,
+        timeout=PLAY_TIMEOUT,
     )
     r, msg = run.result, run.report()
     assert run.state == "ended", f"{player} did not play {src} to the end\n{msg}"
@@ -114,3 +120,10 @@ def test_plays_to_the_end(
     )
     if rendition:
         check_rendition(run, player, rendition, track)
+    else:  # ABR on: whatever it chose must be one of the ladder's renditions
+        folders = {
+            u.split(f"/tracks/{track}/")[-1].split("/")[0] for u in run.media_urls()
+        }
+        assert folders and folders <= set(LADDER), (
+            f"media fetched from {folders}\n{msg}"
+        )
