@@ -212,7 +212,7 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
     return generate_latest(registry)
 
