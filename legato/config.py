@@ -42,7 +42,7 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
         return build(tp, value, _prefix=path)
@@ -134,7 +134,7 @@ def describe(cls: type, _prefix: str = "") -> list[tuple[str, str, Any]]:
         path = f"{_prefix}{f.name}"
         if dataclasses.is_dataclass(f.type) or (f.default_factory is not dataclasses.MISSING):
             sub = typing.get_type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(sub):
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub):
                 rows += describe(sub, path + ".")
                 continue
         rows.append((path, f.metadata.get("help", ""), f.default))

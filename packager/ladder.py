@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 
 from legato.config import section, setting
+from legato.urls import RENDITION_ID_RE
 
 CODECS = ("aac", "flac")
 
@@ -20,8 +20,8 @@ class Rendition:
     bitrate: int = setting(0, "target bit rate in bit/s (AAC only; 0 for FLAC)")
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", self.id):
-            raise ValueError(f"rendition id {self.id!r} must be non-empty [a-z0-9-]")
+        if not RENDITION_ID_RE.fullmatch(self.id):
+            raise ValueError(f"rendition id {self.id!r} must match {RENDITION_ID_RE.pattern}")
         if self.codec not in CODECS:
             raise ValueError(f"rendition {self.id}: codec {self.codec!r} is not one of {', '.join(CODECS)}")
         if self.codec == "aac" and not 16_000 <= self.bitrate <= 512_000:

@@ -11,11 +11,12 @@ Common Encryption boxes.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"moof", b"traf", b"edts", b"dinf"}
+Buffer = bytes | memoryview | mmap.mmap
 
 
 class Mp4Error(ValueError):
@@ -38,7 +39,7 @@ class Box:
         return self.start + self.size
 
 
-def iter_boxes(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> Iterator[Box]:
+def iter_boxes(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Box]:
     """Yield the boxes laid end to end in ``buf[start:end]``."""
     end = len(buf) if end is None else end
     pos = start
@@ -60,7 +61,7 @@ def iter_boxes(buf: bytes | memoryview, start: int = 0, end: int | None = None) 
         pos += size
 
 
-def find(buf: bytes | memoryview, path: str, start: int = 0, end: int | None = None) -> Box:
+def find(buf: Buffer, path: str, start: int = 0, end: int | None = None) -> Box:
     """The first box at a slash-separated path, e.g. ``moov/trak/mdia/mdhd``."""
     first, _, rest = path.partition("/")
     for box in iter_boxes(buf, start, end):
@@ -80,7 +81,7 @@ class Samples:
     durations: tuple[int, ...]
 
 
-def read_fragmented(buf: bytes | memoryview) -> Samples:
+def read_fragmented(buf: Buffer) -> Samples:
     """Parse a single-track fragmented MP4 (ffmpeg ``-movflags empty_moov``)."""
     moov = find(buf, "moov")
     mdhd = find(buf, "trak/mdia/mdhd", moov.body, moov.end)
@@ -105,7 +106,7 @@ def read_fragmented(buf: bytes | memoryview) -> Samples:
     return Samples(timescale, stsd, tuple(offsets), tuple(sizes), tuple(durations))
 
 
-def _read_traf(buf: bytes | memoryview, moof: Box, traf: Box, trex: tuple[int, int],
+def _read_traf(buf: Buffer, moof: Box, traf: Box, trex: tuple[int, int],
                offsets: list[int], sizes: list[int], durations: list[int]) -> None:
     tfhd = find(buf, "tfhd", traf.body, traf.end)
     (flags,) = struct.unpack_from(">I", buf, tfhd.body)

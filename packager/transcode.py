@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import ffmpeg as ffmpeg_python
@@ -51,7 +52,7 @@ def encoder_args(rendition: Rendition, fmt: OutputFormat) -> dict[str, str | int
             "strict": "-2"}
 
 
-def _channel_filter(stream, fmt: OutputFormat):  # type: ignore[no-untyped-def]  (ffmpeg-python is untyped)
+def _channel_filter(stream: Any, fmt: OutputFormat) -> Any:  # ffmpeg-python streams are untyped
     """Mono is copied to both sides; 3+ channels take libswresample's ITU-R BS.775
     down-mix (centre and surrounds -3 dB, LFE dropped), normalised to 1.0 so it cannot clip."""
     if fmt.channels_in == 1:
