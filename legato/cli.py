@@ -1,7 +1,8 @@
 """The `legato` command: one subcommand per role, each defined by its package.
 
-Each subcommand module exposes ``register(subparsers)`` which adds its parser
-and sets ``func``; the function returns the process exit status.
+Each subcommand module exposes ``register(subparsers)`` (or the function named
+after a colon in the table) which adds its parser and sets ``func``; the
+function returns the process exit status.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from legato import __version__
 SUBCOMMANDS = {
     "package": ("packager.cli", "package source tracks into a store"),
     "origin": ("origin.cli", "serve a store over HTTP (the origin tier)"),
+    "regional": ("regional.cli", "run a regional (mid-tier) cache node"),
+    "edge": ("edge.cli", "run an edge cache node"),
+    "up": ("legato.topology:register_up", "start a local topology (origin, regionals, edges) from a TOML file"),
+    "purge": ("legato.topology:register_purge", "purge a path or prefix from every cache node of a topology"),
     "demo": ("legato.demo", "generate, package, serve and verify sample tracks"),
 }
 
@@ -46,7 +51,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in SUBCOMMANDS.items():
         if name == command:
-            importlib.import_module(module).register(sub)
+            module_name, _, function = module.partition(":")
+            getattr(importlib.import_module(module_name), function or "register")(sub)
         else:
             sub.add_parser(name, help=summary, add_help=False)
     return parser

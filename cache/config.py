@@ -1,0 +1,77 @@
+"""Configuration of a cache node (regional or edge): config/regional.toml, config/edge.toml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from legato.config import section, setting
+from legato.http import parse_origins
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    peers: tuple[str, ...] = setting((), "upstream base URLs; objects are spread over them by consistent hashing")
+    load_epsilon: float = setting(0.25, "bounded loads: a peer takes at most (1+epsilon) x the mean in-flight load")
+    connect_timeout: float = setting(1.0, "seconds to open a connection to a peer")
+    first_byte_timeout: float = setting(3.0, "seconds from request to response headers from a peer")
+    read_timeout: float = setting(3.0, "seconds a peer may stall mid-body before it counts as failed")
+    deadline: float = setting(8.0, "seconds a client request may spend on upstream attempts, retries included")
+    health_interval: float = setting(0.25, "seconds between active /healthz probes of each peer")
+    health_timeout: float = setting(0.5, "seconds a /healthz probe may take")
+    failure_threshold: int = setting(3, "consecutive failures that open a peer's circuit breaker")
+    open_seconds: float = setting(2.0, "seconds a breaker stays open before one trial request (half-open)")
+    connections_per_peer: int = setting(256, "connection pool size per peer")
+
+    def __post_init__(self) -> None:
+        for peer in self.peers:
+            if not peer.startswith(("http://", "https://")):
+                raise ValueError(f"peer {peer!r} is not an http(s) URL")
+        if self.load_epsilon <= 0:
+            raise ValueError("load_epsilon must be positive")
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    dir: Path = setting(Path("cache"), "cache directory on SSD (objects, index, locks)")  # noqa: RUF009
+    size: int = setting(10 << 30, "bytes of objects the disk tier may hold")
+    ram: int = setting(256 << 20, "bytes of the hottest small objects kept in RAM per worker (0: off)")
+    policy: str = setting("listen", "eviction policy by name: lru, lfu, sieve, s3fifo, listen")
+    max_waiters: int = setting(10_000, "requests that may wait on one in-flight fetch before 503s")
+    stale_if_error: int = setting(86_400, "seconds a stale object may be served when upstream fails "
+                                  "(when the response does not say; RFC 5861)")
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.ram < 0:
+            raise ValueError("cache sizes must be positive")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    segments: int = setting(2, "segments after the requested one fetched in the background (0: off)")
+    concurrency: int = setting(4, "background prefetches in flight per worker")
+
+    def __post_init__(self) -> None:
+        if self.segments < 0 or self.concurrency < 1:
+            raise ValueError("prefetch.segments must be >= 0 and prefetch.concurrency >= 1")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str = setting("node-1", "this node's name, sent in Via and X-Cache-Node")
+    listen: str = setting("127.0.0.1:8090", "HOST:PORT to listen on (port 0 picks a free port)")
+    workers: int = setting(1, "worker processes sharing the port with SO_REUSEPORT")
+    access_log: bool = setting(True, "one JSON access-log line per request on stderr")
+    cors_origin: str = setting("*", "Access-Control-Allow-Origin: '*', one origin, or a comma-separated list")
+    admin_token: str = setting("", "bearer token for POST /admin/purge (empty: purge disabled)")
+    shutdown_timeout: float = setting(10.0, "seconds in-flight transfers get after SIGTERM/SIGINT")
+    upstream: UpstreamConfig = section(UpstreamConfig, "where misses are fetched from")
+    cache: CacheSettings = section(CacheSettings, "the object store")
+    prefetch: PrefetchConfig = section(PrefetchConfig, "background fetching of the next segments")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 256:
+            raise ValueError(f"workers {self.workers} outside 1..256")
+        parse_origins(self.cors_origin)
