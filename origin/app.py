@@ -23,8 +23,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from http import HTTPStatus
-from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
@@ -32,13 +30,14 @@ from legato import __version__, urls
 from legato import http as h
 from legato.logs import KIND_KEY, Observer, RequestMetrics, begin, render_metrics
 from legato.server import OBSERVERS
+from legato.web import ALLOW, base_headers, target_path
+from legato.web import error as web_error
+from legato.web import options as web_options
 from origin.config import OriginConfig
 from origin.store import Store, StoreObject
 
 log = logging.getLogger("legato.origin")
 
-ALLOW = "GET, HEAD, OPTIONS"
-SERVER = f"legato/{__version__}"
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 CONFIG: web.AppKey[OriginConfig] = web.AppKey("config", OriginConfig)
@@ -80,30 +79,13 @@ def cache_control_for(kind: urls.Kind, config: OriginConfig) -> str:
     return h.cache_control(no_store=True)
 
 
-def target_path(raw_target: str) -> str:
-    """The raw path of a request-target, query removed.
-
-    Origin-form (``/a/b?q``) is the norm; absolute-form (``http://host/a/b``),
-    which RFC 9112 §3.2.2 says servers MUST accept, is reduced to its path
-    without any normalisation, so ``..`` stays visible to ``urls.parse``.
-    """
-    if not raw_target.startswith("/") and "://" in raw_target:
-        raw_target = urlsplit(raw_target).path or "/"
-    return raw_target.partition("?")[0]
-
-
 def _base_headers(request: web.Request) -> dict[str, str]:
-    headers = h.cors_headers(request.app[ORIGINS], request.headers.get(hdrs.ORIGIN))
-    headers["Server"] = SERVER
-    return headers
+    return base_headers(request, request.app[ORIGINS])
 
 
 def error(request: web.Request, status: int, reason: str, **extra: str) -> web.Response:
     """A plain-text error: ``404 Not Found: unknown track 'x'``."""
-    headers = _base_headers(request)
-    headers["Cache-Control"] = "no-store"
-    headers.update(extra)
-    return web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}: {reason}\n", headers=headers)
+    return web_error(request, request.app[ORIGINS], status, reason, **extra)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -129,14 +111,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 def options(request: web.Request) -> web.Response:
-    """CORS preflight, or a plain OPTIONS listing the allowed methods (RFC 9110 §9.3.7)."""
-    origins = request.app[ORIGINS]
-    if hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
-        headers = h.preflight_headers(origins, request.headers.get(hdrs.ORIGIN))
-    else:
-        headers = h.cors_headers(origins, request.headers.get(hdrs.ORIGIN))
-    headers.update({"Allow": ALLOW, "Server": SERVER})
-    return web.Response(status=204, headers=headers)
+    return web_options(request, request.app[ORIGINS])
 
 
 def metrics(request: web.Request) -> web.Response:
