@@ -10,8 +10,10 @@ source is told from a complete one.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -56,9 +58,13 @@ def _channel_filter(stream: Any, fmt: OutputFormat) -> Any:  # ffmpeg-python str
     """Mono is copied to both sides; 3+ channels take libswresample's ITU-R BS.775
     down-mix (centre and surrounds -3 dB, LFE dropped), normalised to 1.0 so it cannot clip."""
     if fmt.channels_in == 1:
-        return stream.filter("pan", "stereo|c0=c0|c1=c0")
+        # "<" (not "="): gains renormalised to a sum of 1, i.e. unity here; ffmpeg-python escapes "=".
+        return stream.filter("pan", "stereo|c0<c0|c1<c0")
     if fmt.channels_in > 2:
-        return stream.filter("aresample", ocl="stereo", matrix_encoding="none", rematrix_maxval=1.0)
+        # aformat pins the layout: without it negotiation keeps 5.1 and the encoders'
+        # own un-normalised -ac 2 down-mix runs instead (and clips).
+        return (stream.filter("aresample", ocl="stereo", matrix_encoding="none", rematrix_maxval=1.0)
+                .filter("aformat", channel_layouts="stereo"))
     return stream
 
 
@@ -126,11 +132,20 @@ def _last_error(stderr: str) -> str:
     return (lines[-1] if lines else "no output")[:200]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the ffmpeg child: the kernel SIGKILLs it if the packager dies (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run(args: list[str], duration: float, progress: Callable[[float], None] | None = None,
         timeout: float = 3600) -> Measurement:
     """Run ffmpeg, reporting seconds of audio done to ``progress``."""
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="replace")
+                            text=True, errors="replace", preexec_fn=_die_with_parent)
     err_chunks: list[str] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read() if proc.stderr else ""))
     reader.start()
