@@ -1,0 +1,549 @@
+"""cache.store: atomic writes, verified reads, purge, policy-driven capacity, degraded mode, processes.
+
+Real files, a real tmpfs for ENOSPC (when mounting is possible), real child
+processes (this file, loaded by path, run as ``python -c``; stopped by PID).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cache.meta import ResponseHead
+from cache.policy import POLICIES
+from cache.store import Hit, Store, store_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+HEAD = ResponseHead(200, (("Content-Type", "audio/mp4"), ("Cache-Control", "max-age=31536000, immutable")), None)
+
+
+def body_of(key: str, size: int) -> bytes:
+    """Deterministic distinct bytes per key (so a child and the test agree)."""
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def put(store: Store, key: str, body: bytes, now: float | None = None, chunk: int = 7000) -> None:
+    now = time.time() if now is None else now
+    writer = store.begin(key, now)
+    for i in range(0, len(body), chunk):
+        writer.write(body[i:i + chunk])
+    assert writer.commit(HEAD, now) is not None, f"{key} not stored"
+
+
+def read_hit(hit: Hit | None) -> bytes:
+    assert hit is not None
+    with hit:
+        return hit.read()
+
+
+def value_files(directory: Path) -> set[Path]:
+    return {p for p in directory.rglob("*.val")}
+
+
+def sample(name: str) -> float:
+    value = store_metrics().registry.get_sample_value(name)
+    return value or 0.0
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[Callable[..., Store]]:
+    """A factory of stores on ``tmp_path/cache`` (by default), all closed at teardown."""
+    opened: list[Store] = []
+
+    def make(directory: Path | None = None, capacity: int = 1 << 30, **kwargs: object) -> Store:
+        store = Store(directory or tmp_path / "cache", capacity, **kwargs)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+# --------------------------------------------------------------------------
+# child processes
+
+
+def _child(argv: list[str]) -> None:
+    """Entry point of the child processes (see ``spawn``)."""
+    logging.basicConfig(level=logging.WARNING)
+    command, directory, *rest = argv
+    if command == "write":  # write keys, then request some of them, in order
+        store = Store(directory, 1 << 30)
+        spec = json.loads(rest[0])
+        for key in spec["write"]:
+            put(store, key, body_of(key, spec["size"]))
+        for key in spec["hit"]:
+            read_hit(store.lookup(key, time.time()))
+        store.close()
+    elif command == "rw":  # write our keys (and shared ones) while reading the parent's as they appear
+        store = Store(directory, int(rest[0]))
+        mine, theirs, count, wanted, size = rest[1], rest[2], int(rest[3]), int(rest[4]), int(rest[5])
+        seen: set[str] = set()
+        bad = 0
+        deadline = time.monotonic() + 30
+        for i in range(count):
+            put(store, f"{mine}{i}", body_of(f"{mine}{i}", size))
+            put(store, f"/shared/{i}", body_of(f"/shared/{i}", size))
+            for j in range(wanted):
+                key = f"{theirs}{j}"
+                if key not in seen:
+                    hit = store.lookup(key, time.time())
+                    if hit is not None:
+                        bad += read_hit(hit) != body_of(key, size)
+                        seen.add(key)
+        while len(seen) < wanted and time.monotonic() < deadline:
+            for j in range(wanted):
+                key = f"{theirs}{j}"
+                hit = None if key in seen else store.lookup(key, time.time())
+                if hit is not None:
+                    bad += read_hit(hit) != body_of(key, size)
+                    seen.add(key)
+            time.sleep(0.01)
+        print(json.dumps({"seen": len(seen), "bad": bad, "manager": store.is_manager}), flush=True)
+        store.close()
+    elif command == "hold":  # open the store (becoming the manager if first), then wait to be killed
+        store = Store(directory, int(rest[0]))
+        print(json.dumps({"manager": store.is_manager}), flush=True)
+        sys.stdin.read()
+        store.close()
+    else:
+        raise SystemExit(f"unknown child command {command}")
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('_store_child', {str(Path(__file__))!r})\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "mod._child(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes of a test; any still running at teardown is killed by PID and reaped."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, object]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    lines = out.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------
+# write and read
+
+
+def test_write_commit_lookup_and_sendfile(stores: Callable[..., Store], tmp_path: Path) -> None:
+    store = stores()
+    key = "/tracks/t1/aac-96k/seg-00003.m4s"
+    body = os.urandom(150_000)
+    t0 = 1_800_000_000.0
+    writer = store.begin(key, t0, content_length=len(body))
+    assert writer.path is not None and Path(writer.path).parent == store.tmp_dir
+    for i in range(0, len(body), 16384):
+        writer.write(body[i:i + 16384])
+    head = ResponseHead.build(200, [("Content-Type", "audio/mp4"), ("Connection", "close"),
+                                    ("Transfer-Encoding", "chunked"), ("ETag", '"abc"')], len(body))
+    meta = writer.commit(head, t0 + 0.5)
+    assert meta is not None
+    assert meta.size == len(body) and meta.request_time == t0 and meta.response_time == t0 + 0.5
+    assert meta.headers == (("Content-Type", "audio/mp4"), ("ETag", '"abc"'))
+    assert list(store.tmp_dir.iterdir()) == []  # adopted, not copied
+
+    hit = store.lookup(key, t0 + 1)
+    assert hit is not None and hit.source == "disk"
+    assert hit.meta == meta and hit.size == len(body)
+    a, b = socket.socketpair()  # a real fd, usable by os.sendfile
+    try:
+        sent = 0
+        b.setblocking(False)
+        received = bytearray()
+        while sent < len(body):
+            sent += os.sendfile(a.fileno(), hit.fileno(), sent, len(body) - sent)
+            try:
+                while chunk := b.recv(1 << 20):
+                    received += chunk
+            except BlockingIOError:
+                pass
+        b.setblocking(True)
+        a.shutdown(socket.SHUT_WR)
+        while chunk := b.recv(1 << 20):
+            received += chunk
+        assert bytes(received) == body
+    finally:
+        a.close()
+        b.close()
+        hit.close()
+    assert store.lookup("/missing", t0) is None
+    stats = store.stats()
+    assert (stats.objects, stats.bytes, stats.healthy) == (1, len(body), True)
+
+
+def test_replacing_an_object_keeps_one_file(stores: Callable[..., Store], tmp_path: Path) -> None:
+    store = stores()
+    put(store, "/k", b"old" * 1000)
+    old_hit = store.lookup("/k", time.time())  # an open reader keeps its bytes
+    put(store, "/k", b"new" * 500)
+    assert read_hit(store.lookup("/k", time.time())) == b"new" * 500
+    assert read_hit(old_hit) == b"old" * 1000
+    assert len(value_files(tmp_path / "cache")) == 1
+
+
+@pytest.mark.parametrize("announced", ["head", "begin"])
+def test_truncated_body_is_not_cached(stores: Callable[..., Store], announced: str) -> None:
+    store = stores()
+    before = sample("legato_cache_truncated_total")
+    writer = store.begin("/k", time.time(), content_length=100 if announced == "begin" else None)
+    writer.write(b"x" * 60)
+    head = ResponseHead(200, (), 100 if announced == "head" else None)
+    assert writer.commit(head, time.time()) is None
+    assert store.lookup("/k", time.time()) is None
+    assert "/k" not in store
+    assert list(store.tmp_dir.iterdir()) == [] and value_files(store.directory) == set()
+    assert sample("legato_cache_truncated_total") == before + 1
+    assert store.stats().truncated == 1 and store.healthy
+
+
+def test_abort_leaves_nothing(stores: Callable[..., Store]) -> None:
+    store = stores()
+    writer = store.begin("/k", time.time())
+    writer.write(b"partial")
+    writer.abort()
+    writer.abort()  # idempotent
+    with store.begin("/j", time.time()) as w2:  # leaving the block without commit aborts
+        w2.write(b"partial")
+    assert writer.commit(HEAD, time.time()) is None  # too late
+    assert store.lookup("/k", time.time()) is None and store.lookup("/j", time.time()) is None
+    assert list(store.tmp_dir.iterdir()) == [] and value_files(store.directory) == set()
+    assert store.stats().objects == 0
+
+
+# --------------------------------------------------------------------------
+# integrity
+
+
+def test_flipped_byte_is_detected_dropped_and_counted(stores: Callable[..., Store]) -> None:
+    store = stores()
+    body = os.urandom(40_000)
+    put(store, "/k", body)
+    assert read_hit(store.lookup("/k", time.time())) == body  # verified once, remembered
+    assert read_hit(store.lookup("/k", time.time())) == body  # hot hit: no re-hash needed
+    (path,) = value_files(store.directory)
+    before = sample("legato_cache_corrupt_total")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([body[12345] ^ 0x01]), 12345)  # one flipped bit; mtime changes
+    finally:
+        os.close(fd)
+    assert store.lookup("/k", time.time()) is None
+    assert sample("legato_cache_corrupt_total") == before + 1
+    assert store.stats().corrupt == 1
+    assert "/k" not in store and not path.exists()
+    assert store.sync()
+    assert store.policy is not None and "/k" not in store.policy
+
+
+def test_corruption_with_unchanged_mtime_is_caught_on_first_use_in_a_process(
+        stores: Callable[..., Store], tmp_path: Path) -> None:
+    """Verification is per process: the identity cache trusts an unchanged file, a new process does not."""
+    first = stores()
+    body = os.urandom(10_000)
+    put(first, "/k", body)
+    assert read_hit(first.lookup("/k", time.time())) == body
+    (path,) = value_files(first.directory)
+    st = path.stat()
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, b"\x00\x00\x00\x00", 100)
+    os.close(fd)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot does not touch mtime
+    first.close()
+    second = stores()
+    assert second.lookup("/k", time.time()) is None
+    assert not path.exists()
+
+
+def test_truncated_file_and_missing_file_are_misses(stores: Callable[..., Store]) -> None:
+    store = stores()
+    put(store, "/a", b"a" * 5000)
+    put(store, "/b", b"b" * 5000)
+    files = {read_hit(store.lookup(k, time.time()))[:1]: k for k in ("/a", "/b")}
+    assert set(files) == {b"a", b"b"}
+    for path in value_files(store.directory):
+        if path.read_bytes()[:1] == b"a":
+            os.truncate(path, 100)
+        else:
+            path.unlink()
+    assert store.lookup("/a", time.time()) is None
+    assert store.lookup("/b", time.time()) is None
+    assert "/a" not in store and "/b" not in store
+
+
+def test_corrupt_meta_is_a_miss_not_an_exception(stores: Callable[..., Store]) -> None:
+    store = stores()
+    put(store, "/k", b"body")
+    put(store, "/j", b"body")
+    with sqlite3.connect(store.directory / "cache.db") as db:
+        db.execute("UPDATE Cache SET tag = ? WHERE key = ?", (b'{"v":1,"k":"/k"', "/k"))
+        db.execute("UPDATE Cache SET tag = ? WHERE key = ?", (json.dumps({"v": 1}).encode(), "/j"))
+    db.close()
+    before = sample("legato_cache_corrupt_total")
+    assert store.lookup("/k", time.time()) is None
+    assert store.lookup("/j", time.time()) is None
+    assert sample("legato_cache_corrupt_total") == before + 2
+    assert "/k" not in store and value_files(store.directory) == set()
+
+
+# --------------------------------------------------------------------------
+# purge, capacity, RAM tier
+
+
+def test_purge_exact_and_prefix(stores: Callable[..., Store]) -> None:
+    store = stores()
+    keys = ["/tracks/t1/master.m3u8", "/tracks/t1/aac-96k/seg-00001.m4s", "/tracks/t1/aac-96k/init.mp4",
+            "/tracks/t10/master.m3u8", "/tracks/t2/aac-96k/seg-00001.m4s", "/licenses/t1.json"]
+    for key in keys:
+        put(store, key, body_of(key, 3000))
+    assert store.purge_prefix("/tracks/t1/") == 3
+    assert store.purge_prefix("/tracks/t1/") == 0
+    for key in keys:
+        hit = store.lookup(key, time.time())
+        assert (hit is not None) == (not key.startswith("/tracks/t1/")), key
+        if hit is not None:
+            assert read_hit(hit) == body_of(key, 3000)
+    assert store.delete("/licenses/t1.json") is True
+    assert store.delete("/licenses/t1.json") is False
+    assert store.lookup("/licenses/t1.json", time.time()) is None
+    assert len(value_files(store.directory)) == 2 == store.stats().objects
+    assert store.sync()
+    assert store.policy is not None
+    assert set(store.policy.keys_by_priority()) == {"/tracks/t10/master.m3u8", "/tracks/t2/aac-96k/seg-00001.m4s"}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_capacity_is_enforced_through_the_policy(stores: Callable[..., Store], policy: str) -> None:
+    capacity = 20_000
+    store = stores(capacity=capacity, policy=policy)
+    now = 1_800_000_000.0
+    keys = [f"/tracks/t{i % 3}/aac-96k/seg-{i:05d}.m4s" for i in range(1, 61)]
+    for i, key in enumerate(keys):
+        put(store, key, body_of(key, 1000 + 37 * (i % 5)), now + i)
+        if i % 4 == 0:  # some requests (of objects that may already be evicted)
+            hit = store.lookup(keys[i // 2], now + i + 0.5)
+            if hit is not None:
+                hit.close()
+    put(store, "/too-big", body_of("/too-big", capacity + 1), now + 100)  # declined by every policy
+    assert store.sync()
+    assert store.policy is not None
+    kept = set(store.policy.keys_by_priority())
+    stats = store.stats()
+    assert store.policy.used <= capacity and stats.bytes <= capacity
+    assert stats.bytes == store.policy.used and stats.objects == len(kept) == len(value_files(store.directory))
+    assert stats.evictions == len(keys) + 1 - len(kept)
+    assert "/too-big" not in kept and store.lookup("/too-big", now) is None
+    for key in keys:
+        hit = store.lookup(key, now + 200)
+        assert (hit is not None) == (key in kept), key
+        if hit is not None:
+            hit.close()
+
+
+def test_ram_tier_serves_hot_small_objects_and_follows_changes(stores: Callable[..., Store]) -> None:
+    store = stores(ram_bytes=1 << 20, ram_object_max=64 * 1024)
+    put(store, "/small", b"s" * 1000)
+    put(store, "/large", b"L" * 100_000)
+    first = store.lookup("/small", time.time())
+    assert first is not None and first.source == "disk"
+    first.close()
+    second = store.lookup("/small", time.time())
+    assert second is not None and second.source == "ram" and second.body == b"s" * 1000
+    with pytest.raises(OSError):
+        second.fileno()
+    third = store.lookup("/small", time.time())
+    assert third is not None and third.source == "ram"
+    for _ in range(3):
+        hit = store.lookup("/large", time.time())
+        assert hit is not None and hit.source == "disk"
+        hit.close()
+    assert store.stats().ram_bytes == 1000
+    put(store, "/small", b"t" * 10)  # replaced (by any worker): the row changes, RAM follows
+    assert read_hit(store.lookup("/small", time.time())) == b"t" * 10
+    assert store.delete("/small")
+    assert store.lookup("/small", time.time()) is None
+
+
+# --------------------------------------------------------------------------
+# restarts and processes
+
+
+def test_warm_restart_in_a_new_process_serves_old_objects_in_access_order(
+        stores: Callable[..., Store], tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    keys = [f"/tracks/w/aac-96k/seg-{i:05d}.m4s" for i in range(5)]
+    spec = {"write": keys, "hit": [keys[0], keys[2]], "size": 5000}
+    proc = spawn("write", str(tmp_path / "cache"), json.dumps(spec))
+    children.append(proc)
+    finish(proc)
+    store = stores()
+    assert store.is_manager
+    for key in keys:
+        assert read_hit(store.lookup(key, time.time())) == body_of(key, 5000)
+    assert store.policy is not None
+    # rebuilt least recently accessed first: the three never requested, then the two requested
+    order = store.policy.keys_by_priority()
+    assert order[:5] == [keys[1], keys[3], keys[4], keys[0], keys[2]]
+
+
+def test_two_processes_write_and_read_concurrently(
+        stores: Callable[..., Store], tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    count, size = 40, 4000
+    store = stores()
+    assert store.is_manager
+    proc = spawn("rw", str(tmp_path / "cache"), str(1 << 30), "/child/", "/parent/", str(count), str(count),
+                 str(size))
+    children.append(proc)
+    seen: set[str] = set()
+    for i in range(count):
+        put(store, f"/parent/{i}", body_of(f"/parent/{i}", size))
+        put(store, f"/shared/{i}", body_of(f"/shared/{i}", size))
+        for j in range(count):
+            key = f"/child/{j}"
+            hit = None if key in seen else store.lookup(key, time.time())
+            if hit is not None:
+                assert read_hit(hit) == body_of(key, size)
+                seen.add(key)
+    result = finish(proc)
+    assert result == {"seen": count, "bad": 0, "manager": False}
+    for key in [f"/{who}/{i}" for who in ("parent", "child", "shared") for i in range(count)]:
+        assert read_hit(store.lookup(key, time.time())) == body_of(key, size), key
+    # the manager's policy saw the child's inserts (over its socket)
+    assert store.policy is not None
+    policy = store.policy
+    wait_for(lambda: store.sync() and len(policy) == 3 * count, what="child's events")
+    assert store.stats().objects == 3 * count == len(value_files(store.directory))
+
+
+def test_capacity_holds_across_processes(
+        stores: Callable[..., Store], tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    capacity = 50_000
+    store = stores(capacity=capacity)
+    proc = spawn("rw", str(tmp_path / "cache"), str(capacity), "/child/", "/none/", "60", "0", "2000")
+    children.append(proc)
+    finish(proc)  # it wrote 120 objects (240 KB) into a 50 KB store run by this process's policy
+    wait_for(lambda: store.sync() and store.stats().bytes <= capacity, what="evictions")
+    assert store.policy is not None and store.policy.used <= capacity
+    assert store.stats().objects == len(store.policy) == len(value_files(store.directory))
+
+
+def test_manager_role_moves_when_its_process_dies(
+        stores: Callable[..., Store], tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    proc = spawn("hold", str(tmp_path / "cache"), str(1 << 30))
+    children.append(proc)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline()) == {"manager": True}
+    store = stores()
+    assert not store.is_manager and store.policy is None and not store.sync(timeout=0.1)
+    for i in range(5):
+        put(store, f"/k{i}", b"x" * 100)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    started = time.monotonic()
+    wait_for(lambda: store.is_manager, timeout=5, what="election")
+    assert time.monotonic() - started < 1.5
+    assert store.policy is not None and set(store.policy.keys_by_priority()) == {f"/k{i}" for i in range(5)}
+
+
+# --------------------------------------------------------------------------
+# disk full
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs (root only), unmounted at teardown."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs for a real ENOSPC needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_degrades_once_writes_nothing_and_recovers(
+        stores: Callable[..., Store], tiny_fs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="legato.cache.store")
+    store = stores(tiny_fs / "cache", retry_interval=1.0)
+    t = 1_800_000_000.0
+    put(store, "/old", b"o" * 20_000, t)
+    filler = tiny_fs / "filler"
+    with open(filler, "wb") as f:  # fill the filesystem for real
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == 28  # ENOSPC
+    healthy_gauge = "legato_cache_store_healthy"
+
+    for attempt in range(5):  # several requests while full: each writer is a no-op, never an exception
+        writer = store.begin(f"/new{attempt}", t + 0.1 * attempt)
+        writer.write(b"n" * 300_000)
+        writer.write(b"n" * 300_000)
+        assert writer.commit(HEAD, t + 0.1 * attempt) is None
+    assert not store.healthy
+    assert store.degraded_reason is not None and "No space left on device" in store.degraded_reason
+    assert sample(healthy_gauge) == 0
+    degraded_logs = [r for r in caplog.records if "degraded" in r.getMessage()]
+    assert len(degraded_logs) == 1
+    assert store.stats().healthy is False and store.stats().errors >= 1
+    assert list(store.tmp_dir.iterdir()) == []  # nothing half-written left behind
+    assert read_hit(store.lookup("/old", t + 1)) == b"o" * 20_000  # reads keep working
+    assert store.lookup("/new0", t + 1) is None
+
+    noop = store.begin("/paced", t + 0.5)  # within retry_interval of the last failure: not even tried
+    assert noop.path is None and not noop.active
+
+    filler.unlink()
+    put(store, "/after", b"a" * 50_000, t + 5)  # first attempt after the interval succeeds
+    assert store.healthy and store.degraded_reason is None and sample(healthy_gauge) == 1
+    assert read_hit(store.lookup("/after", t + 6)) == b"a" * 50_000
+    assert len([r for r in caplog.records if "degraded" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
