@@ -48,8 +48,10 @@ sends after ``send_timeout``, by one periodic sweep (no timer per request).
 Observation: the per-request work is two integer additions.  A timer
 flushes them into prometheus-client counters once a second
 (``FastPathMetrics``): ``legato_fastpath_responses_total{node,status}``,
-``legato_fastpath_bytes_total{node}`` and
-``legato_fastpath_handoffs_total{node,reason}``.  No access log line is
+``legato_fastpath_bytes_total{node}``,
+``legato_fastpath_handoffs_total{node,reason}`` (reason: miss, method, body,
+error) and ``legato_fastpath_send_waits_total{node}`` (sends that waited for
+a slow reader).  No access log line is
 written per fast-path request by default; ``access_sample=N`` feeds one
 request in N to the given access observers (``legato.logs.AccessRecord``).
 
@@ -158,6 +160,9 @@ class FastPathMetrics:
                               ("node",), registry=self.registry).labels(node)
         self._handoffs = Counter("legato_fastpath_handoffs", "Connections handed to aiohttp, by reason",
                                  ("node", "reason"), registry=self.registry)
+        self._waits = Counter("legato_fastpath_send_waits", "Times a send waited for the client to read",
+                              ("node",), registry=self.registry).labels(node)
+        self.pending_waits = 0
         self.pending_status: dict[int, int] = {}
         self.pending_bytes = 0
         self.pending_handoffs: dict[str, int] = {}
@@ -165,6 +170,7 @@ class FastPathMetrics:
         self.responses = 0
         self.bytes = 0
         self.handoffs = 0
+        self.send_waits = 0
 
     def response(self, status: int, sent: int) -> None:
         """Count one response (the per-request cost: a dict update, two adds)."""
@@ -180,6 +186,10 @@ class FastPathMetrics:
         status, self.pending_status = self.pending_status, {}
         handoffs, self.pending_handoffs = self.pending_handoffs, {}
         sent, self.pending_bytes = self.pending_bytes, 0
+        waits, self.pending_waits = self.pending_waits, 0
+        if waits:
+            self._waits.inc(waits)
+            self.send_waits += waits
         for code, n in status.items():
             self._responses.labels(self.node, str(code)).inc(n)
             self.responses += n
@@ -325,6 +335,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._ctx.metrics.pending_waits += 1
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -471,6 +482,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._last = time.monotonic()
         if not self._writing:
             assert self._sock is not None
+            self._ctx.metrics.pending_waits += 1
             self._writing = True
             self._ctx.loop.add_writer(self._sock.fileno(), self._on_writable)
 
