@@ -12,7 +12,9 @@ Output-format rules (the "deliberate" handling of unusual sources):
 =================  ===================================================
 source             renditions get
 =================  ===================================================
-mono               stereo, the one channel copied to both sides (no gain change)
+mono               stereo, the one channel copied to both sides (no gain change);
+                   AAC with M/S on every band, no noise substitution or intensity
+                   stereo, so left and right decode identically
 stereo             as is
 3+ channels        stereo by the ITU-R BS.775 down-mix matrix (centre and
                    surrounds at -3 dB, LFE dropped), normalised so it cannot clip

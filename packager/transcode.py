@@ -48,7 +48,13 @@ def rendition_rate(rendition: Rendition, fmt: OutputFormat) -> int:
 def encoder_args(rendition: Rendition, fmt: OutputFormat) -> dict[str, str | int]:
     """ffmpeg output options for one rendition (the benchmark reuses these)."""
     if rendition.codec == "aac":
-        return {"c:a": "aac", "b:a": rendition.bitrate, "ar": fmt.aac_rate, "ac": 2}
+        args: dict[str, str | int] = {"c:a": "aac", "b:a": rendition.bitrate, "ar": fmt.aac_rate, "ac": 2}
+        if fmt.channels_in == 1:
+            # Noise substitution and intensity stereo fill each side on their own, and per-band
+            # M/S decisions code them apart: a mono source would decode with left != right (up
+            # to -34 dB of difference).  M/S on every band makes the side signal exactly zero.
+            args.update(aac_pns=0, aac_is=0, aac_ms=1)
+        return args
     return {"c:a": "flac", "compression_level": 5, "frame_size": fmt.flac_block, "ar": fmt.flac_rate, "ac": 2,
             "sample_fmt": "s32" if fmt.flac_bits == 24 else "s16", "bits_per_raw_sample": fmt.flac_bits,
             "strict": "-2"}
