@@ -48,14 +48,17 @@ request path) and a background thread ships them in batches every 20 ms as
 datagrams to the manager's Unix socket (abstract namespace, named after the
 directory's device and inode).  The manager's thread applies them to the
 policy and deletes the victims from the index.  Lost events are tolerated: a
-datagram that does not fit the receiver's queue is dropped and counted, and
-the manager reconciles the policy with the index whenever their object counts
-disagree twice in a row.  If the manager process dies, its flock is released
-and another worker takes over within half a second, rebuilding the policy
-from the index in last-access order (the manager writes access times back to
-the index every few seconds and on close).  The same rebuild serves a warm
-restart: a new ``Store`` on an existing directory serves the old objects at
-once.
+datagram that does not fit the receiver's queue is dropped and counted; lost
+hits only blur the ranking, a lost insert is caught by the manager's scan of
+rows added since its last scan (every second, a primary-key range), a lost
+delete heals by itself (the policy evicts the missing key in turn), and a
+full reconcile runs if the counts still disagree after three checks ten
+seconds apart.  If the manager process dies, its flock is released and
+another worker takes over within half a second, rebuilding the policy from
+the index in last-access order (the manager writes access times back to the
+index every few seconds and on close).  The same rebuild serves a warm
+restart; it runs in the background thread, so a new ``Store`` on an existing
+directory serves the old objects at once, however big the index.
 
 Rejected alternatives:
 
@@ -134,8 +137,15 @@ ELECTION_INTERVAL = 0.5
 """Seconds between attempts of a non-manager worker to become the manager."""
 TOUCH_INTERVAL = 5.0
 """Seconds between the manager's write-backs of access times to the index."""
-DRIFT_INTERVAL = 2.0
+SCAN_INTERVAL = 1.0
+"""Seconds between the manager's scans of rows added since the last one (lost inserts)."""
+SCAN_SETTLE = 2.0
+"""Rows younger than this many seconds are left to their insert event (not scanned yet)."""
+DRIFT_INTERVAL = 10.0
 """Seconds between the manager's policy/index count comparisons."""
+DRIFT_CHECKS = 3
+"""Consecutive count mismatches (beyond DRIFT_TOLERANCE) that trigger a full reconcile."""
+DRIFT_TOLERANCE = 8
 SWEEP_INTERVAL = 60.0
 """Seconds between sweeps of dead temp files and idle lock files."""
 LOCK_MAX_AGE = 60.0
@@ -321,6 +331,17 @@ class _Index:
         rows = self._sql()("SELECT key, size, access_time FROM Cache WHERE raw = 1 "
                            "ORDER BY access_time, rowid").fetchall()
         return [(k, int(s or 0), float(a or 0.0)) for k, s, a in rows if isinstance(k, str)]
+
+    def rows_after(self, rowid: int, limit: int = 10_000) -> list[tuple[int, str, int, float, float]]:
+        """(rowid, key, size, last access, store time) of rows added after ``rowid``, in order."""
+        rows = self._sql()("SELECT rowid, key, size, access_time, store_time FROM Cache WHERE rowid > ? "
+                           "AND raw = 1 ORDER BY rowid LIMIT ?", (rowid, limit)).fetchall()
+        return [(int(r), k, int(s or 0), float(a or 0.0), float(t or 0.0)) for r, k, s, a, t in rows
+                if isinstance(k, str)]
+
+    def max_rowid(self) -> int:
+        ((value,),) = self._sql()("SELECT MAX(rowid) FROM Cache").fetchall()
+        return int(value or 0)
 
     def touch_many(self, items: Iterable[tuple[float, str]]) -> None:
         """Record last-access times (for the warm-restart order)."""
@@ -636,6 +657,7 @@ class Store:
         self._tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._tx.settimeout(0.05)
         self._manager: _Manager | None = None
+        self._elected = False
         self._manager_fd = os.open(self.directory / "manager.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -658,12 +680,12 @@ class Store:
 
     @property
     def is_manager(self) -> bool:
-        """True when this process runs the eviction policy."""
-        return self._manager is not None
+        """True when this process holds the manager role (its policy may still be building)."""
+        return self._elected
 
     @property
     def policy(self) -> EvictionPolicy | None:
-        """The eviction policy, in the manager process only (read-only use, e.g. tests)."""
+        """The eviction policy once built, in the manager process only (read-only use, e.g. tests)."""
         return self._manager.policy if self._manager is not None else None
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -950,7 +972,7 @@ class Store:
         True when done.  In a worker that is not the manager the events are
         only shipped (there is no acknowledgement): returns False.
         """
-        if self._manager is None or self._closed:
+        if not self._elected or self._closed:
             self._kick.set()
             return False
         token = os.urandom(8).hex()
@@ -992,20 +1014,35 @@ class Store:
     # -- manager election and the background thread -------------------------------------------
 
     def _try_become_manager(self) -> None:
+        """Take the manager role if nobody holds it (the policy is built by the thread)."""
         try:
             fcntl.flock(self._manager_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return
+        self._elected = True
+
+    def _build_manager(self) -> None:
+        """In the background thread: bind the event socket and rebuild the policy from the index.
+
+        Done here, not in the constructor, so a warm restart serves lookups at
+        once however big the index is.
+        """
         try:
             self._manager = _Manager(self)
         except Exception:
             log.exception("cache store %s: could not start the eviction manager", self.directory)
+            self._elected = False
             fcntl.flock(self._manager_fd, fcntl.LOCK_UN)
+            return
+        log.info("cache store %s: this worker (pid %d) runs the eviction policy (%d objects)",
+                 self.directory, os.getpid(), len(self._manager.policy))
 
     def _run(self) -> None:
         next_election = time.monotonic() + ELECTION_INTERVAL
         try:
             while not self._stop.is_set():
+                if self._elected and self._manager is None:
+                    self._build_manager()
                 manager = self._manager
                 if manager is not None:
                     manager.step(FLUSH_INTERVAL)
@@ -1014,9 +1051,7 @@ class Store:
                 if time.monotonic() >= next_election:
                     next_election = time.monotonic() + ELECTION_INTERVAL
                     self._try_become_manager()
-                    if self._manager is not None:
-                        log.info("cache store %s: this worker (pid %d) now runs the eviction policy",
-                                 self.directory, os.getpid())
+                    if self._elected:
                         continue
                 self._kick.wait(FLUSH_INTERVAL)
                 self._kick.clear()
@@ -1039,6 +1074,7 @@ class Store:
         self._kick.set()
         self._thread.join()
         manager, self._manager = self._manager, None
+        self._elected = False
         if manager is not None:
             manager.close()
         self._tx.close()
@@ -1107,15 +1143,18 @@ class _Manager:
         self._victims: list[str] = []
         now = time.monotonic()
         self._next_touch = now + TOUCH_INTERVAL
+        self._next_scan = now + SCAN_INTERVAL
         self._next_drift = now + DRIFT_INTERVAL
         self._next_sweep = now + 1.0
-        self._drift_seen = False
+        self._drift_seen = 0
+        self._scanned = 0  # highest rowid the policy has seen
         self.rebuild()
 
     def rebuild(self) -> None:
         """Fill a fresh policy from the index, least recently accessed first."""
         policy = self.store._policy_factory(self.store.capacity)
         victims: list[str] = []
+        self._scanned = self.index.max_rowid()
         for key, size, accessed in self.index.rows_by_access():
             victims.extend(policy.insert(key, size, accessed))
         self.policy = policy
@@ -1148,6 +1187,9 @@ class _Manager:
                 self._next_touch = now + TOUCH_INTERVAL
                 self._flush_touches()
                 self._update_gauges()
+            if now >= self._next_scan:
+                self._next_scan = now + SCAN_INTERVAL
+                self._scan_new_rows(time.time())
             if now >= self._next_drift:
                 self._next_drift = now + DRIFT_INTERVAL
                 self._check_drift()
@@ -1224,16 +1266,40 @@ class _Manager:
             metrics.bytes.set(self.index.volume())
             metrics.objects.set(self.index.count())
 
+    def _scan_new_rows(self, wall: float) -> None:
+        """Offer the policy rows added since the last scan that it does not know (lost insert events).
+
+        Cheap (a primary-key range); rows younger than SCAN_SETTLE are left to
+        their own insert event, still on its way.  A *deleted* row the policy
+        still counts (lost delete event) heals by itself: it is evicted in
+        turn, and deleting a missing row is a no-op.
+        """
+        victims: list[str] = []
+        while True:
+            rows = self.index.rows_after(self._scanned)
+            for rowid, key, size, accessed, stored in rows:
+                if stored > wall - SCAN_SETTLE:
+                    self._flush(victims)
+                    return
+                self._scanned = rowid
+                if key not in self.policy:
+                    victims.extend(self.policy.insert(key, size, accessed))
+            if len(rows) < 10_000:
+                break
+        self._flush(victims)
+
+    def _flush(self, victims: list[str]) -> None:
+        self._evict([v for v in dict.fromkeys(victims) if v not in self.policy])
+
     def _check_drift(self) -> None:
-        """Reconcile policy and index when their object counts differ twice in a row."""
-        if self.index.count() == len(self.policy):
-            self._drift_seen = False
+        """Fully reconcile policy and index when their counts stay apart (DRIFT_CHECKS in a row)."""
+        if abs(self.index.count() - len(self.policy)) <= DRIFT_TOLERANCE:
+            self._drift_seen = 0
             return
-        if not self._drift_seen:
-            self._drift_seen = True
-            return
-        self._drift_seen = False
-        self.reconcile()
+        self._drift_seen += 1
+        if self._drift_seen >= DRIFT_CHECKS:
+            self._drift_seen = 0
+            self.reconcile()
 
     def reconcile(self) -> None:
         """Make the policy hold exactly the index's objects (lost events, racing deletes)."""
