@@ -95,6 +95,9 @@ PIPELINE_BUFFER = 64 * 1024
 READ_CHUNK = 256 * 1024
 """pread size in the no-sendfile fallback (a whole segment, usually)."""
 
+HEAD_CACHE = 1024
+"""Serialised 200 heads kept (one per hot object and second; see ``_head``)."""
+
 SWEEP_INTERVAL = 1.0
 """Seconds between metric flushes; idle checks run every few sweeps."""
 
@@ -110,10 +113,17 @@ class Hit(Protocol):
     must stay open and unchanged until then.
     """
 
-    cached: Cached
-    age: int
-    size: int
-    body: bytes | None
+    @property
+    def cached(self) -> Cached: ...
+
+    @property
+    def age(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def body(self) -> bytes | None: ...
 
     def fileno(self) -> int: ...
 
@@ -260,6 +270,7 @@ class _Context:
     access_sample: int
     clock: Callable[[], float]
     conns: set[FastPathProtocol] = field(default_factory=set)
+    heads: dict[tuple[int, bool, str], tuple[Reply, bytes]] = field(default_factory=dict)
     sample_count: int = 0
 
 
@@ -387,7 +398,7 @@ class FastPathProtocol(asyncio.Protocol):
             return self._hand_off(head, "miss")
         try:
             reply = respond(hit.cached, head.method, head.headers, now, ctx.node, hit.age, ctx.cors_origins)
-            head_data = head_bytes(reply.status, reply.headers, head.keep_alive, head.http_version)
+            head_data = self._head(reply, head)
         except Exception:
             log.exception("cannot shape a hit for %.200s; handing off", head.target)
             hit.close()
@@ -401,6 +412,21 @@ class FastPathProtocol(asyncio.Protocol):
             self._complete()
             return self._state == _IDLE
         return False
+
+    def _head(self, reply: Reply, head: RequestHead) -> bytes:
+        """The serialised head, reused while ``respond`` hands out the same reply."""
+        if reply.status != 200:
+            return head_bytes(reply.status, reply.headers, head.keep_alive, head.http_version)
+        heads = self._ctx.heads
+        key = (id(reply), head.keep_alive, head.http_version)
+        entry = heads.get(key)
+        if entry is not None and entry[0] is reply:  # the reference held makes id() safe
+            return entry[1]
+        data = head_bytes(200, reply.headers, head.keep_alive, head.http_version)
+        if len(heads) >= HEAD_CACHE:
+            heads.clear()
+        heads[key] = (reply, data)
+        return data
 
     def _start(self, hit: Hit, reply: Reply, head_data: bytes) -> None:
         """Queue one response: head, then inline bytes, RAM bytes or a file segment."""
@@ -457,7 +483,8 @@ class FastPathProtocol(asyncio.Protocol):
         chunks = self._chunks
         try:
             while chunks:
-                n = sock.sendmsg(chunks, (), socket.MSG_MORE if self._left else 0)
+                flags = socket.MSG_MORE if self._left else 0
+                n = sock.send(chunks[0], flags) if len(chunks) == 1 else sock.sendmsg(chunks, (), flags)
                 self._sent += n
                 _advance(chunks, n)
             while self._left:
@@ -591,7 +618,7 @@ class FastPathProtocol(asyncio.Protocol):
         """Close the connection if it has waited too long (called by the sweep)."""
         ctx = self._ctx
         quiet = now - self._last
-        if self._state == _SENDING:
+        if self._state == _SENDING or (self._transport is not None and self._transport.get_write_buffer_size()):
             if quiet > ctx.send_timeout:
                 self._abort(TimeoutError("send stalled"))
         elif self._reader.buffered:

@@ -39,7 +39,10 @@ Decisions:
 Performance: everything that depends only on the stored object and the node
 name (filtered fields, the Via value, validators) is computed once per
 ``Cached`` instance and kept in it; per request remain the header folding, the
-precondition evaluation and a handful of list appends.
+precondition evaluation and a handful of list appends.  The reply to an
+unconditional GET/HEAD is also kept (one per object): within the same second
+and Age the same ``Reply`` object is returned again, so callers may cache
+what they derive from it (the fast path keeps its serialised head).
 """
 
 from __future__ import annotations
@@ -131,7 +134,8 @@ class Reply:
     Send ``headers`` with ``status``, then either the object bytes
     ``[first, first + length)`` (``length`` 0: none, e.g. HEAD or 304) or
     ``body`` (short generated text of a 412/416).  ``Content-Length`` is among
-    the headers whenever a body could follow (not for 304).
+    the headers whenever a body could follow (not for 304).  Replies may be
+    shared between requests (see ``respond``): treat them as read-only.
     """
 
     status: int
@@ -141,9 +145,13 @@ class Reply:
     body: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Shape:
-    """What depends only on a stored object and the node name."""
+    """What depends only on a stored object and the node name.
+
+    ``plain_key``/``plain_reply`` memoise the last unconditional 200: a hot
+    object is asked for many times a second with the same Age and Date.
+    """
 
     whole: tuple[tuple[str, str], ...]  # forwarded fields + Via + X-Cache
     full: tuple[tuple[str, str], ...]  # 200/206: whole + Accept-Ranges
@@ -151,6 +159,8 @@ class _Shape:
     errors: tuple[tuple[str, str], ...]  # 412/416: Via + X-Cache
     validators: h.Validators
     size_text: str
+    plain_key: tuple[object, ...] | None = None
+    plain_reply: Reply | None = None
 
 
 def _connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -251,8 +261,20 @@ def respond(
     """
     shape = _shape(cached, node)
     request = h.fold_headers(headers, REQUEST_FIELDS)
-    cors = _cors(cors_origins, request.get("origin")) if cors_origins else ()
+    origin = request.get("origin")
+    plain = cached.status == 200 and len(request) == (origin is not None)  # no conditional field
+    if plain:
+        key = (method, age, int(now), origin, cors_origins)
+        if shape.plain_key == key:
+            assert shape.plain_reply is not None
+            return shape.plain_reply
+    cors = _cors(cors_origins, origin) if cors_origins else ()
     common = [("Age", str(max(0, age))), ("Date", h.http_date(now)), *cors]
+    if plain:
+        out = [*shape.full, *common, ("Content-Length", shape.size_text)]
+        reply = Reply(200, out, 0, 0 if method == "HEAD" else cached.size)
+        shape.plain_key, shape.plain_reply = key, reply
+        return reply
     if cached.status != 200:
         return _whole(cached, method, shape, common)
     decision = _decide(method, request, shape.validators, now)

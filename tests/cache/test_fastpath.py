@@ -130,6 +130,8 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
     """Start a node in a thread; ``sndbuf`` shrinks the send buffer of accepted sockets."""
     path = tmp_path / "segment.m4s"
     path.write_bytes(DATA)
+    short = tmp_path / "short.m4s"
+    short.write_bytes(DATA[:1000])
     opened: set[FileHit] = set()
     requests: list[str] = []
 
@@ -138,6 +140,8 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
             return FileHit(str(path), opened)
         if target.startswith("/ram"):
             return RamHit()
+        if target.startswith("/short"):
+            return FileHit(str(short), opened)  # the store says SIZE bytes; the file has fewer
         if target.startswith("/boom"):
             raise RuntimeError("lookup bug")
         return None
@@ -426,6 +430,21 @@ def test_client_disconnects_mid_body(small_buffer_node: Node) -> None:
     c.close()
     assert wait_until(lambda: not node.opened and node.call(lambda: node.server.connections) == 0)
     assert wait_until(lambda: fd_count() <= before)
+
+
+def test_truncated_store_file_drops_the_connection(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """Never a short body under a full Content-Length: the connection is cut instead."""
+    c = Client(node.port)
+    c.send(request("/short"))
+    with pytest.raises((EOFError, ConnectionResetError)):
+        c.response()
+    assert len(c.buf) < SIZE
+    c.close()
+    assert wait_until(lambda: not node.opened)
+    c = Client(node.port)
+    assert c.get("/seg-1", "Range: bytes=0-0").body == DATA[:1]
+    c.close()
+    assert "shorter than its size" in caplog.text
 
 
 # --------------------------------------------------------------------------

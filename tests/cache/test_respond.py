@@ -204,3 +204,16 @@ def test_per_object_work_is_memoised(cached: Cached) -> None:
 def test_request_field_names_any_case(cached: Cached) -> None:
     assert get(cached, ("RANGE", "bytes=0-0")).status == 206
     assert get(cached, ("if-none-match", ETAG)).status == 304
+
+
+def test_unconditional_replies_are_reused_within_a_second(cached: Cached) -> None:
+    first = get(cached)
+    assert get(cached) is first  # same second, same Age: the same object
+    assert get(cached, ("Origin", "https://a.example")) is not first  # reflected CORS may differ
+    assert get(cached, age=43) is not first
+    assert respond(cached, "GET", [], NOW + 1, "edge-1", 42) is not first
+    head = get(cached, method="HEAD")
+    assert head is not first and head.length == 0
+    assert get(cached, ("Range", "bytes=0-0")).status == 206
+    again = get(cached)
+    assert again.headers == first.headers and again.length == SIZE

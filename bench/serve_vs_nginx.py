@@ -1,0 +1,545 @@
+"""Cache hits from Legato's fast path against nginx serving the same files.
+
+What a capacity planner needs to know about the hot path of a cache node:
+how many segment requests per second one worker core serves, at what tail
+latency, and at what CPU cost, relative to nginx doing the same job on the same
+machine in the same run.
+
+Both sides serve the same segment-sized files (120 kB and 240 kB of random
+bytes, the sizes of 6-second AAC segments at 160 and 320 kbit/s) from a
+temporary directory on 127.0.0.1, one process each:
+
+* **nginx** (Debian ``nginx-light``): a generated config, one process
+  (``master_process off``), ``sendfile on``, ``tcp_nopush on``, keep-alive
+  with no request limit, ``access_log off``, and ``add_header`` for the
+  fields a cache hit carries (Cache-Control, CORS, Via, Age, X-Cache), so both
+  sides write heads of about the same size.
+* **Legato**: a worker process running ``cache.fastpath.serve`` in front of
+  an aiohttp ``AppRunner`` (uvloop, as ``legato.server`` runs nodes), with a
+  ``lookup`` backed by the files: each hit opens its file (as nginx does
+  with its default ``open_file_cache off``) and is shaped by
+  ``cache.respond``.  The real store (``cache.store``) is not used yet: it
+  adds an index read per hit, which this benchmark does not measure.
+
+Each is loaded with ``wrk`` (keep-alive, one thread: the other core runs the
+server) at 64 and 256 connections, after a warm-up, alternating nginx /
+Legato / nginx / Legato ... so drift in the machine's load hits both alike.
+Measured per run: requests/s and p99 latency (``wrk --latency``), the server's
+CPU time per request (utime + stime from ``/proc/PID/stat`` over the run,
+divided by the requests wrk completed), wrk's own CPU (``wait4``) and the CPU
+time everything else on the machine used meanwhile (``/proc/stat``), so a
+noisy neighbour is visible in the results.  Medians over the rounds are
+compared; the ratios are Legato / nginx.  Targets (reported, not asserted):
+requests/s >= 0.8x, p99 <= 1.5x, CPU per request <= 2x.
+
+    python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s
+    python bench/serve_vs_nginx.py --duration 3 --rounds 1 --connections 64   # quick look
+    python bench/serve_vs_nginx.py --legato-modes sendfile,no-sendfile      # also the kill switch
+
+nginx and wrk are installed with apt-get when missing.  Results:
+OUT/serve_vs_nginx.json (every number) and OUT/serve_vs_nginx.md.  Exits 0
+whether or not the targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = {"rps_ratio_min": 0.8, "p99_ratio_max": 1.5, "cpu_ratio_max": 2.0}
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HIT_FIELDS = {  # what both servers add to every hit
+    "Cache-Control": "public, max-age=31536000, immutable",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Age, Accept-Ranges, Date",
+    "X-Cache": "HIT",
+    "Via": "1.1 bench",
+    "Age": "0",
+}
+
+
+def csv(kind: type, text: str) -> list[Any]:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=lambda t: csv(int, t), default=[120_000, 240_000], metavar="BYTES,...",
+                   help="object sizes in bytes (default: 120000,240000)")
+    p.add_argument("--connections", type=lambda t: csv(int, t), default=[64, 256], metavar="N,...",
+                   help="wrk connection counts (default: 64,256)")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds per measured run (default: 10)")
+    p.add_argument("--warmup", type=float, default=2.0, metavar="S",
+                   help="seconds of unmeasured load before each measured run (default: 2)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="measured runs per server and configuration, alternating (default: 3)")
+    p.add_argument("--legato-modes", type=lambda t: csv(str, t), default=["sendfile"], metavar="MODE,...",
+                   help="sendfile and/or no-sendfile (LEGATO_NO_SENDFILE=1) (default: sendfile)")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="Legato worker's event loop (default: uvloop, as legato.server)")
+    p.add_argument("--wrk-threads", type=int, default=1, metavar="T", help="wrk threads (default: 1)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                   help=f"where serve_vs_nginx.json and .md go (default: {DEFAULT_OUT})")
+    p.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing nginx-light / wrk")
+    p.add_argument("--worker", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)  # internal
+    return p
+
+
+# --------------------------------------------------------------------------
+# Tools
+
+
+def ensure_tools(install: bool) -> None:
+    """nginx and wrk from Debian packages (installed with apt-get if missing)."""
+    missing = [pkg for tool, pkg in (("nginx", "nginx-light"), ("wrk", "wrk")) if not shutil.which(tool)
+               and not Path(f"/usr/sbin/{tool}").exists()]
+    if not missing:
+        return
+    if not install:
+        sys.exit(f"serve_vs_nginx: missing {', '.join(missing)} (apt-get install {' '.join(missing)})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process we started (by PID), SIGKILL after a timeout, reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent (not idle) by the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+# --------------------------------------------------------------------------
+# The two servers
+
+
+NGINX_CONF = """\
+worker_processes 1;
+master_process off;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    types {{ audio/mp4 m4s; }}
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+{headers}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx(www: Path, workdir: Path) -> Iterator[tuple[int, int]]:
+    """nginx serving ``www``; yields (port, pid)."""
+    port = free_port()
+    headers = "\n".join(f'        add_header {k} "{v}";' for k, v in HIT_FIELDS.items())
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, www=www, headers=headers))
+    with open(workdir / "stderr.log", "ab") as log:
+        proc = subprocess.Popen([nginx_binary(), "-p", str(workdir), "-c", str(conf)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_listening(port, proc)
+        yield port, proc.pid
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def run_legato(www: Path, workdir: Path, mode: str, loop: str) -> Iterator[tuple[int, int]]:
+    """A Legato fast-path worker serving ``www``; yields (port, pid)."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("LEGATO_NO_SENDFILE", None)
+    if mode == "no-sendfile":
+        env["LEGATO_NO_SENDFILE"] = "1"
+    if loop == "asyncio":
+        env["LEGATO_BENCH_LOOP"] = "asyncio"
+    with open(workdir / "legato-stderr.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port)],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_listening(port, proc)
+        yield port, proc.pid
+    finally:
+        stop(proc)
+
+
+def worker_main(www: Path, port: int) -> None:
+    """The Legato side: serve() with a file-backed lookup until SIGTERM."""
+    from legato.server import new_event_loop
+
+    if os.environ.get("LEGATO_BENCH_LOOP") == "asyncio":
+        asyncio.run(_worker(www, port))
+    else:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_worker(www, port))
+
+
+class FileHit:
+    """A hit on a file: opened per request, closed by the fast path."""
+
+    __slots__ = ("_fd", "age", "body", "cached", "size")
+
+    def __init__(self, path: str, cached: Any) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.cached = cached
+        self.age = 0
+        self.size = cached.size
+        self.body = None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+async def _worker(www: Path, port: int) -> None:
+    from aiohttp import web
+
+    from cache.fastpath import serve
+    from cache.respond import Cached
+    from legato import http as h
+
+    objects: dict[str, tuple[str, Cached]] = {}
+    now = time.time()
+    for path in sorted(www.iterdir()):
+        st = path.stat()
+        headers = (("Content-Type", "audio/mp4"), ("ETag", h.strong_etag(f"{st.st_ino:x}-{st.st_size:x}")),
+                   ("Last-Modified", h.http_date(st.st_mtime)), ("Cache-Control", HIT_FIELDS["Cache-Control"]))
+        objects["/" + path.name] = (str(path), Cached.from_stored(200, headers, st.st_size, now))
+
+    def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> FileHit | None:
+        found = objects.get(target)
+        return FileHit(*found) if found is not None else None
+
+    app = web.Application()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = await serve(sock, runner, lookup, "bench")
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    print(f"legato listening on http://127.0.0.1:{port}", flush=True)
+    await stopped.wait()
+    await server.shutdown(2.0)
+    await runner.cleanup()
+
+
+# --------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Run:
+    """One measured wrk run against one server."""
+
+    server: str  # "nginx" or "legato[-mode]"
+    size: int
+    connections: int
+    round: int
+    requests: int
+    seconds: float
+    rps: float
+    latency_ms: dict[str, float]  # p50, p75, p90, p99
+    errors: dict[str, int]
+    server_cpu_s: float
+    cpu_us_per_request: float
+    wrk_cpu_s: float
+    other_cpu_s: float  # everything else on the machine during the run
+    loadavg: tuple[float, float, float]
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_latency(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Requests, seconds, req/s, latency percentiles and errors from wrk's report."""
+    m = re.search(r"(\d+) requests in ([0-9.]+)(us|ms|s|m)", output)
+    if not m:
+        raise ValueError(f"cannot parse wrk output:\n{output}")
+    seconds = float(m.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+    latency = {f"p{p}": parse_latency(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", output, re.MULTILINE)}
+    errors: dict[str, int] = {}
+    if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
+        errors.update(zip(("connect", "read", "write", "timeout"), map(int, e.groups()), strict=True))
+    if e := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors["non_2xx_3xx"] = int(e.group(1))
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", output)
+    return {"requests": int(m.group(1)), "seconds": seconds, "rps": float(rps.group(1)) if rps else 0.0,
+            "latency_ms": latency, "errors": errors}
+
+
+def wrk(url: str, connections: int, seconds: float, threads: int) -> tuple[str, float]:
+    """Run wrk; its report and its own CPU seconds."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{output}")
+    return output, usage.ru_utime + usage.ru_stime
+
+
+def check_object(port: int, path: str, expected: bytes) -> None:
+    """One plain GET: both servers must send the same bytes before they are compared."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        body = response.read()
+        if response.status != 200 or body != expected:
+            raise RuntimeError(f"port {port}{path}: status {response.status}, {len(body)} bytes")
+
+
+def measure(name: str, port: int, pid: int, path: str, size: int, connections: int, rnd: int,
+            args: argparse.Namespace) -> Run:
+    url = f"http://127.0.0.1:{port}{path}"
+    if args.warmup > 0:
+        wrk(url, connections, args.warmup, args.wrk_threads)
+    cpu0, busy0 = cpu_seconds(pid), machine_busy_seconds()
+    output, wrk_cpu = wrk(url, connections, args.duration, args.wrk_threads)
+    cpu = cpu_seconds(pid) - cpu0
+    busy = machine_busy_seconds() - busy0
+    parsed = parse_wrk(output)
+    requests = parsed["requests"]
+    return Run(server=name, size=size, connections=connections, round=rnd, requests=requests,
+               seconds=parsed["seconds"], rps=parsed["rps"], latency_ms=parsed["latency_ms"],
+               errors=parsed["errors"], server_cpu_s=round(cpu, 3),
+               cpu_us_per_request=round(cpu / requests * 1e6, 2) if requests else float("nan"),
+               wrk_cpu_s=round(wrk_cpu, 3), other_cpu_s=round(max(0.0, busy - cpu - wrk_cpu), 3),
+               loadavg=os.getloadavg())
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarise(runs: list[Run], modes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    keys = sorted({(r.size, r.connections) for r in runs})
+    for mode in modes:
+        name = f"legato-{mode}"
+        for size, conns in keys:
+            mine = [r for r in runs if (r.server, r.size, r.connections) == (name, size, conns)]
+            theirs = [r for r in runs if (r.server, r.size, r.connections) == ("nginx", size, conns)]
+            if not mine or not theirs:
+                continue
+            row: dict[str, Any] = {"legato": name, "size": size, "connections": conns}
+            for label, group in (("nginx", theirs), ("legato", mine)):
+                row[f"{label}_rps"] = round(median([r.rps for r in group]), 1)
+                row[f"{label}_p99_ms"] = round(median([r.latency_ms.get("p99", float("nan")) for r in group]), 3)
+                row[f"{label}_cpu_us"] = round(median([r.cpu_us_per_request for r in group]), 2)
+            row["rps_ratio"] = round(row["legato_rps"] / row["nginx_rps"], 3)
+            row["p99_ratio"] = round(row["legato_p99_ms"] / row["nginx_p99_ms"], 3)
+            row["cpu_ratio"] = round(row["legato_cpu_us"] / row["nginx_cpu_us"], 3)
+            row["targets_met"] = (row["rps_ratio"] >= TARGETS["rps_ratio_min"]
+                                  and row["p99_ratio"] <= TARGETS["p99_ratio_max"]
+                                  and row["cpu_ratio"] <= TARGETS["cpu_ratio_max"])
+            rows.append(row)
+    return rows
+
+
+def machine_facts() -> dict[str, Any]:
+    import aiohttp
+    import uvloop
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    nginx_v = subprocess.run([nginx_binary(), "-v"], check=False, capture_output=True, text=True).stderr.strip()
+    wrk_v = subprocess.run(["wrk", "-v"], check=False, capture_output=True, text=True).stdout.splitlines()[0].strip()
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "kernel": platform.release(),
+            "python": platform.python_version(), "aiohttp": aiohttp.__version__, "uvloop": uvloop.__version__,
+            "nginx": nginx_v.removeprefix("nginx version: "), "wrk": wrk_v.split(" [")[0],
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, runs: list[Run],
+                 rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"sizes": args.sizes, "connections": args.connections, "duration_s": args.duration,
+                "warmup_s": args.warmup, "rounds": args.rounds, "legato_modes": args.legato_modes,
+                "loop": args.loop, "wrk_threads": args.wrk_threads}
+    data = {"machine": facts, "settings": settings, "targets": TARGETS, "summary": rows,
+            "runs": [asdict(r) for r in runs]}
+    (out / "serve_vs_nginx.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        "# Cache hits: Legato fast path vs nginx",
+        "",
+        "Generated by `bench/serve_vs_nginx.py` (see its docstring for the method). Ratios are Legato / nginx,",
+        f"medians of {args.rounds} alternating runs of {args.duration:g} s each (after {args.warmup:g} s warm-up),",
+        (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run. Targets: requests/s ≥ "
+        f"{TARGETS['rps_ratio_min']}x, p99 ≤ {TARGETS['p99_ratio_max']}x, CPU/request ≤ {TARGETS['cpu_ratio_max']}x."),
+        "",
+        ("| legato | object | conns | rps ratio | p99 ratio | CPU/req ratio | nginx rps | legato rps "
+        "| nginx p99 ms | legato p99 ms | nginx CPU µs/req | legato CPU µs/req | targets |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['legato'].removeprefix('legato-')} | {r['size'] // 1000} kB | {r['connections']} "
+            f"| **{r['rps_ratio']:.2f}** | **{r['p99_ratio']:.2f}** | **{r['cpu_ratio']:.2f}** "
+            f"| {r['nginx_rps']:.0f} | {r['legato_rps']:.0f} | {r['nginx_p99_ms']:.2f} | {r['legato_p99_ms']:.2f} "
+            f"| {r['nginx_cpu_us']:.1f} | {r['legato_cpu_us']:.1f} | {'met' if r['targets_met'] else 'missed'} |"
+        )
+    other = [r.other_cpu_s / r.seconds for r in runs if r.seconds]
+    errors = sum(sum(r.errors.values()) for r in runs)
+    lines += [
+        "",
+        (f"Machine: {facts['nproc']} CPUs ({facts['cpu_model']}), Linux {facts['kernel']}; Python {facts['python']}, "
+        f"aiohttp {facts['aiohttp']}, uvloop {facts['uvloop']}, nginx {facts['nginx']}, {facts['wrk']}; "
+        f"{facts['date']}."),
+        "",
+        (f"Other load on the machine during the measured runs (CPU-seconds per second, besides server and wrk): "
+        f"median {median(other):.2f}, max {max(other, default=0):.2f}. wrk socket errors and non-2xx "
+        f"responses over all runs: {errors}."),
+        "",
+    ]
+    (out / "serve_vs_nginx.md").write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        worker_main(Path(args.worker[0]), int(args.worker[1]))
+        return 0
+    bad = [m for m in args.legato_modes if m not in ("sendfile", "no-sendfile")]
+    if bad or args.rounds < 1 or args.duration <= 0:
+        sys.exit(f"serve_vs_nginx: bad settings: modes {bad}, rounds {args.rounds}, duration {args.duration}")
+    ensure_tools(install=not args.no_install)
+    facts = machine_facts()
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="legato-serve-bench-") as tmp:
+        work = Path(tmp)
+        www = work / "www"
+        www.mkdir()
+        objects = {}
+        for size in args.sizes:
+            data = os.urandom(size)
+            (www / f"seg-{size}.m4s").write_bytes(data)
+            objects[size] = data
+        (work / "nginx").mkdir()
+        for conns in args.connections:
+            for size in args.sizes:
+                path = f"/seg-{size}.m4s"
+                for rnd in range(args.rounds):
+                    with run_nginx(www, work / "nginx") as (port, pid):
+                        check_object(port, path, objects[size])
+                        runs.append(measure("nginx", port, pid, path, size, conns, rnd, args))
+                        print(_line(runs[-1]), flush=True)
+                    for mode in args.legato_modes:
+                        with run_legato(www, work, mode, args.loop) as (port, pid):
+                            check_object(port, path, objects[size])
+                            runs.append(measure(f"legato-{mode}", port, pid, path, size, conns, rnd, args))
+                            print(_line(runs[-1]), flush=True)
+    rows = summarise(runs, args.legato_modes)
+    write_report(args.out, facts, args, runs, rows)
+    for r in rows:
+        print(f"{r['legato']} {r['size'] // 1000} kB x{r['connections']}: rps {r['rps_ratio']:.2f}x, "
+              f"p99 {r['p99_ratio']:.2f}x, CPU/req {r['cpu_ratio']:.2f}x ({'met' if r['targets_met'] else 'missed'})")
+    print(f"results: {args.out / 'serve_vs_nginx.md'}")
+    return 0
+
+
+def _line(r: Run) -> str:
+    return (f"  {r.server:20s} {r.size // 1000:4d} kB c={r.connections:<4d} round {r.round}: {r.rps:9.0f} req/s "
+            f"p99 {r.latency_ms.get('p99', float('nan')):7.2f} ms  {r.cpu_us_per_request:6.1f} µs CPU/req  "
+            f"(others {r.other_cpu_s / r.seconds if r.seconds else 0:.2f} CPU)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
