@@ -144,7 +144,7 @@ class Upstream:
                 reasons.append(f"{peer}: {exc}")
                 log.warning("upstream %s failed for %s: %s", peer, path, exc)
                 continue
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.peers.breakers[peer].failure(self.clock())
                 self.observe(peer, "timeout", self.clock() - t0)
                 raise UpstreamError(504, f"upstream deadline passed ({peer} too slow)") from None
@@ -186,7 +186,7 @@ class Upstream:
             raise
         except aiohttp.ClientConnectorError as exc:
             raise _PeerFailed(f"cannot connect ({exc.os_error.strerror or exc})", definitive=True) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _PeerFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         sink.finish()
 
@@ -206,7 +206,7 @@ class Upstream:
         except aiohttp.ClientConnectorError:
             self.peers.breakers[peer].failure(self.clock(), definitive=True)
             return False
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             ok = False
         if ok:
             self.peers.breakers[peer].success()
@@ -223,7 +223,7 @@ class Upstream:
 class _Transfer:
     """What has reached the sink so far (for resuming on another peer)."""
 
-    __slots__ = ("started", "written", "length", "etag")
+    __slots__ = ("etag", "length", "started", "written")
 
     def __init__(self) -> None:
         self.started = False

@@ -51,6 +51,14 @@ log = logging.getLogger("legato.server")
 OBSERVERS: web.AppKey[Sequence[Observer]] = web.AppKey("observers")
 """Where an app lists the access observers (e.g. its RequestMetrics) to feed."""
 
+SITE: web.AppKey[Callable[[web.AppRunner, socket.socket], Any]] = web.AppKey("site")
+"""Optional: ``async site(runner, sock) -> server`` serving ``sock`` in place of
+aiohttp's SockSite (the cache nodes put their sendfile fast path there).  The
+returned object needs ``async shutdown(timeout)``."""
+
+RELOAD: web.AppKey[Callable[[], Any]] = web.AppKey("reload")
+"""Optional: ``async reload()`` run on SIGHUP (workers receive it from the parent)."""
+
 AppFactory = Callable[[], web.Application]
 
 _SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -147,12 +155,27 @@ async def _serve_socket(
     runner = web.AppRunner(app, **runner_kwargs(app, access_log=options.access_log,
                                                 shutdown_timeout=options.shutdown_timeout))
     await runner.setup()
+    reload = app.get(RELOAD)
+    tasks: set[asyncio.Task[Any]] = set()
+    if reload is not None:
+        def on_hup() -> None:
+            task = loop.create_task(reload())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    custom = None
     try:
-        site = web.SockSite(runner, sock, backlog=options.backlog)
-        await site.start()
+        if SITE in app:
+            custom = await app[SITE](runner, sock)
+        else:
+            site = web.SockSite(runner, sock, backlog=options.backlog)
+            await site.start()
         on_ready()
         await stop.wait()
         log.info("shutting down: draining in-flight requests (up to %.0f s)", options.shutdown_timeout)
+        if custom is not None:
+            await custom.shutdown(options.shutdown_timeout)
     finally:
         await runner.cleanup()
         if lifeline is not None:
@@ -205,6 +228,11 @@ def _supervise(options: ServeOptions, make_app: AppFactory, host: str, port: int
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if signum == signal.SIGHUP:  # reload: pass it on, keep running
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+            return
         stopping = True
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -223,7 +251,7 @@ def _supervise(options: ServeOptions, make_app: AppFactory, host: str, port: int
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
                 os._exit(_worker(options, make_app, host, port, ready_w, lifeline_r))
             pids.append(pid)
-        for sig in _SHUTDOWN_SIGNALS:
+        for sig in (*_SHUTDOWN_SIGNALS, signal.SIGHUP):
             signal.signal(sig, forward)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
@@ -266,7 +294,7 @@ def _supervise(options: ServeOptions, make_app: AppFactory, host: str, port: int
 
 def _worker(options: ServeOptions, make_app: AppFactory, host: str, port: int, ready_w: int, lifeline: int) -> int:
     """Body of one forked worker: serve until told to stop; returns the exit status."""
-    for sig in _SHUTDOWN_SIGNALS:
+    for sig in (*_SHUTDOWN_SIGNALS, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
 
     def ready() -> None:

@@ -59,7 +59,7 @@ class CacheNode:
 class Topology:
     state_dir: Path = setting(Path(".legato"), "where logs, caches and topology.json of a running topology go")  # noqa: RUF009
     admin_token: str = setting("", f"purge token for every cache node (or ${ADMIN_TOKEN_ENV})")
-    origin: OriginNode = section(OriginNode, "the origin")
+    origin: OriginNode = section(OriginNode, "the origin")  # noqa: RUF009
     regional: tuple[CacheNode, ...] = setting((), "regional nodes ([[regional]] tables)")
     edge: tuple[CacheNode, ...] = setting((), "edge nodes ([[edge]] tables)")
 

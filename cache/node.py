@@ -1,0 +1,557 @@
+"""A cache node (regional or edge): the pull-through engine as an aiohttp app
+with the sendfile fast path in front.
+
+Per worker process: one ``Store`` view of the node's shared cache directory,
+one ``Coalescer``, one ``Upstream`` (peers, health, retries), one
+``Prefetcher``.  A request passes named phases:
+
+1. **fast path** (cache.fastpath, before aiohttp): a GET/HEAD whose object
+   is stored and fresh is answered by ``lookup`` + os.sendfile; anything
+   else is handed to aiohttp on the same connection;
+2. **route**: raw path -> ``legato.urls`` (400 hostile, 404 unknown),
+   ``/admin/purge``, ``/metrics``, ``/healthz``, OPTIONS, 405;
+3. **lookup**: a stored object is assessed (cache.freshness): fresh or
+   stale-while-revalidate -> served (``HIT``/``STALE``); otherwise it is
+   refetched, and served anyway (``STALE``) if upstream fails within its
+   stale-if-error window;
+4. **fetch**: misses join the coalescer (``MISS`` for the one request that
+   leads, ``COALESCED`` for every other, in any worker), stream as the body
+   arrives, and are committed to the store when complete and storable;
+5. **prefetch**: a segment request schedules the next k segments.
+
+Every response carries ``X-Cache``, ``Age`` and ``Via``.  Cached responses
+are shaped by cache.respond (Range, conditionals, CORS), the one place that
+does so for both the fast path and aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from cache import freshness as fr
+from cache.coalesce import CoalesceError, Coalescer, Flight, Role, TooManyWaiters
+from cache.config import NodeConfig
+from cache.meta import Meta, ResponseHead
+from cache.prefetch import Prefetcher
+from cache.respond import Cached, Reply, respond
+from cache.store import Hit, Store
+from cache.upstream import Sink, Upstream, UpstreamError
+from legato import __version__, urls
+from legato import http as h
+from legato.logs import KIND_KEY, Observer, RequestMetrics, begin, render_metrics
+from legato.server import OBSERVERS, RELOAD, SITE
+from legato.web import ALLOW, base_headers, target_path
+from legato.web import error as web_error
+from legato.web import options as web_options
+
+log = logging.getLogger("legato.node")
+
+NODE: web.AppKey[Node] = web.AppKey("node")
+PURGE_PATH = "/admin/purge"
+CACHEABLE = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.TRACK_JSON, urls.Kind.MEDIA_PLAYLIST,
+                       urls.Kind.INIT, urls.Kind.SEGMENT, urls.Kind.LICENSE})
+STREAM_CHUNK = 256 * 1024
+
+
+class NodeMetrics:
+    """The engine's own Prometheus metrics (requests, bytes, upstreams, prefetch)."""
+
+    def __init__(self, role: str, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.role = role
+        self.results = Counter("legato_cache_requests", "Cacheable requests by X-Cache result",
+                               ("tier", "result"), registry=registry)
+        self.sent = Counter("legato_cache_bytes_sent", "Body bytes sent for cacheable requests, by result and status",
+                            ("tier", "result", "status"), registry=registry)
+        self.upstream = Histogram("legato_upstream_seconds", "Upstream attempt time by peer and outcome",
+                                  ("tier", "peer", "outcome"), registry=registry,
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.up = Gauge("legato_upstream_up", "1 when a peer's circuit breaker is not open", ("tier", "peer"),
+                        registry=registry, multiprocess_mode="livemin")
+        self.prefetch = Counter("legato_prefetch_bytes", "Prefetched bytes by outcome (fetched, used, wasted)",
+                                ("tier", "outcome"), registry=registry)
+        self.store_bytes = Gauge("legato_store_bytes", "Bytes of objects in the store", ("tier",),
+                                 registry=registry, multiprocess_mode="livemax")
+        self.store_objects = Gauge("legato_store_objects", "Objects in the store", ("tier",),
+                                   registry=registry, multiprocess_mode="livemax")
+
+    def result(self, result: str, status: int, sent: int) -> None:
+        self.results.labels(self.role, result).inc()
+        self.sent.labels(self.role, result, str(status)).inc(sent)
+
+
+class _Entry:
+    """What a worker derives once per stored object (keyed by its checksum and time)."""
+
+    __slots__ = ("cached", "facts", "meta")
+
+    def __init__(self, meta: Meta, facts: fr.CachedResponse, cached: Cached) -> None:
+        self.meta, self.facts, self.cached = meta, facts, cached
+
+
+class FastHit:
+    """A fresh stored object for the fast path (cache.fastpath.Hit)."""
+
+    __slots__ = ("_hit", "age", "cached")
+
+    def __init__(self, hit: Hit, cached: Cached, age: int) -> None:
+        self._hit, self.cached, self.age = hit, cached, age
+
+    @property
+    def size(self) -> int:
+        return self._hit.size
+
+    @property
+    def body(self) -> bytes | None:
+        return self._hit.body
+
+    def fileno(self) -> int:
+        return self._hit.fileno()
+
+    def close(self) -> None:
+        self._hit.close()
+
+
+class Node:
+    """One worker's engine (see the module docstring)."""
+
+    def __init__(self, config: NodeConfig, role: str, *, clock: Callable[[], float] = time.time,
+                 registry: Any = None) -> None:
+        self.config = config
+        self.role = role
+        self.clock = clock
+        self.origins = h.parse_origins(config.cors_origin)
+        self.requests = RequestMetrics(role)
+        self.registry = registry or self.requests.registry
+        self.metrics = NodeMetrics(role, self.registry)
+        self.store = Store(config.cache.dir, config.cache.size, policy=config.cache.policy,
+                           ram_bytes=config.cache.ram)
+        self.coalescer = Coalescer(self.store, max_followers=config.cache.max_waiters, cacheable=self._cacheable,
+                                   clock=clock)
+        self.upstream = self._make_upstream(config)
+        self.prefetcher = Prefetcher(config.prefetch.segments, config.prefetch.concurrency, fetch=self._prefetch,
+                                     cached=self._is_cached, playlist=self._stored_body,
+                                     misses_in_flight=self.coalescer.in_flight, on_outcome=self._prefetch_outcome)
+        self._entries: OrderedDict[tuple[str, str, float], _Entry] = OrderedDict()
+        self._revalidating: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _make_upstream(self, config: NodeConfig) -> Upstream:
+        return Upstream(config.upstream, node=config.name,
+                        observe=lambda peer, outcome, s: self.metrics.upstream.labels(self.role, peer, outcome).observe(s))
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def close(self) -> None:
+        await self.prefetcher.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.coalescer.close()
+        await self.upstream.close()
+        self.store.close()
+
+    async def reload(self, config: NodeConfig) -> None:
+        """Apply a new config (SIGHUP): peers, timeouts, prefetch, CORS, token.
+
+        Listen address, workers and the cache directory/size/policy need a restart.
+        """
+        for name in ("listen", "workers"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("reload: %s changed; it takes effect on restart", name)
+        if (config.cache.dir, config.cache.size, config.cache.policy) != (
+                self.config.cache.dir, self.config.cache.size, self.config.cache.policy):
+            log.warning("reload: cache dir/size/policy changed; they take effect on restart")
+        old = self.upstream
+        if config.upstream != self.config.upstream:
+            self.upstream = self._make_upstream(config)
+            await self.upstream.start()
+            self._spawn(old.close())
+        self.config = dataclasses.replace(config, listen=self.config.listen, workers=self.config.workers,
+                                          cache=self.config.cache)
+        self.origins = h.parse_origins(config.cors_origin)
+        self.prefetcher.k = config.prefetch.segments
+        log.info("reload: config applied (%d upstream peers)", len(config.upstream.peers))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- stored objects ------------------------------------------------------------
+    def _entry(self, meta: Meta) -> _Entry:
+        memo_key = (meta.key, meta.xxh3, meta.response_time)
+        entry = self._entries.get(memo_key)
+        if entry is None:
+            facts = fr.CachedResponse.from_response(meta.status, meta.headers, meta.request_time, meta.response_time)
+            if facts.stale_if_error < self.config.cache.stale_if_error:
+                facts = dataclasses.replace(facts, stale_if_error=float(self.config.cache.stale_if_error))
+            cached = Cached.from_stored(meta.status, meta.headers, meta.size, meta.response_time)
+            entry = self._entries[memo_key] = _Entry(meta, facts, cached)
+            if len(self._entries) > 65536:
+                self._entries.popitem(last=False)
+        return entry
+
+    def _cacheable(self, head: ResponseHead) -> bool:
+        return head.status == 200 and bool(fr.storable("GET", head.status, head.headers))
+
+    def _is_cached(self, path: str) -> bool:
+        return path in self.store
+
+    def _stored_body(self, path: str) -> bytes | None:
+        hit = self.store.lookup(path, self.clock())
+        if hit is None:
+            return None
+        with hit:
+            return hit.read()
+
+    # --- fast path --------------------------------------------------------------
+    def lookup(self, target: str, headers: list[tuple[str, str]], now: float) -> FastHit | None:
+        """cache.fastpath's lookup: a fresh stored object, or None (aiohttp decides)."""
+        try:
+            route = urls.parse(target.partition("?")[0])
+        except urls.BadPath:
+            return None
+        if route is None or route.kind not in CACHEABLE:
+            return None
+        hit = self.store.lookup(route.path, now)
+        if hit is None:
+            return None
+        entry = self._entry(hit.meta)
+        verdict = fr.assess(entry.facts, now, headers)
+        if verdict.freshness is not fr.Freshness.FRESH:
+            hit.close()
+            return None
+        self.metrics.result("HIT", hit.meta.status, hit.size)
+        self.prefetcher.requested(route.path)
+        if route.kind is urls.Kind.SEGMENT:
+            self.prefetcher.after(route)
+        return FastHit(hit, entry.cached, int(verdict.age))
+
+    # --- aiohttp phases -------------------------------------------------------------
+    def error(self, request: web.Request, status: int, reason: str, **extra: str) -> web.Response:
+        return web_error(request, self.origins, status, reason, **{
+            "X-Cache": "MISS", "Age": "0", "Via": f"1.1 {self.config.name}", **extra})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        begin(request)
+        path = target_path(request.raw_path)
+        if path == PURGE_PATH:
+            request[KIND_KEY] = "admin"
+            return await self.purge(request)
+        try:
+            route = urls.parse(path)
+        except urls.BadPath as exc:
+            return self.error(request, 400, exc.reason)
+        if route is None:
+            return self.error(request, 404, "no such path")
+        request[KIND_KEY] = route.kind.value
+        if request.method == hdrs.METH_OPTIONS:
+            return web_options(request, self.origins)
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return self.error(request, 405, f"{request.method} not allowed; use GET or HEAD", Allow=ALLOW)
+        if route.kind is urls.Kind.METRICS:
+            return self.metrics_response(request)
+        if route.kind is urls.Kind.HEALTHZ:
+            return self.healthz(request)
+        return await self.serve(request, route)
+
+    async def serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
+        now = self.clock()
+        key = route.path
+        self.prefetcher.requested(key)
+        if route.kind is urls.Kind.SEGMENT:
+            self.prefetcher.after(route)
+        stale: Hit | None = None
+        hit = self.store.lookup(key, now)
+        if hit is not None:
+            entry = self._entry(hit.meta)
+            verdict = fr.assess(entry.facts, now, list(request.headers.items()))
+            if verdict.freshness is fr.Freshness.FRESH:
+                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "HIT")
+            if verdict.freshness is fr.Freshness.STALE_WHILE_REVALIDATE:
+                self._revalidate_later(route)
+                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "STALE")
+            if verdict.freshness is fr.Freshness.STALE_IF_ERROR_ONLY:
+                stale = hit  # keep the open body in case upstream fails
+            else:
+                hit.close()
+            self.store.delete(key)  # refetch: the coalescer must not find the stale copy
+        try:
+            flight = await self.coalescer.get(key, self._fetcher(route, request))
+        except TooManyWaiters as exc:
+            if stale is not None:
+                return await self._serve_stale(request, stale, now)
+            return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
+        async with flight:
+            try:
+                head = await flight.head()
+            except (CoalesceError, UpstreamError) as exc:
+                if stale is not None:
+                    return await self._serve_stale(request, stale, now)
+                status = getattr(exc, "status", 502)
+                return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
+            if stale is not None:
+                stale.close()
+            return await self.send_flight(request, flight, head, now)
+
+    async def _serve_stale(self, request: web.Request, stale: Hit, now: float) -> web.StreamResponse:
+        entry = self._entry(stale.meta)
+        age = int(fr.current_age(entry.facts, now))
+        return await self.send_hit(request, stale, entry.cached, age, "STALE")
+
+    def _revalidate_later(self, route: urls.Route) -> None:
+        if route.path in self._revalidating:
+            return
+        self._revalidating.add(route.path)
+
+        async def refresh() -> None:
+            try:
+                self.store.delete(route.path)
+                await self._prefetch(route.path)
+            except Exception as exc:  # noqa: BLE001 - the stale copy was served; the next request retries
+                log.info("background revalidation of %s failed: %s", route.path, exc)
+            finally:
+                self._revalidating.discard(route.path)
+
+        self._spawn(refresh())
+
+    def _fetcher(self, route: urls.Route, request: web.Request | None) -> Callable[[Sink], Any]:
+        ring_key = route.track or route.path
+        headers = {k: v for k, v in request.headers.items()} if request is not None else {}
+
+        async def fetch(sink: Sink) -> None:
+            await self.upstream.fetch(route.path, ring_key, sink, headers)
+
+        return fetch
+
+    async def _prefetch(self, path: str) -> int:
+        route = urls.parse(path)
+        assert route is not None
+        flight = await self.coalescer.get(path, self._fetcher(route, None))
+        async with flight:
+            head = await flight.head()
+            size = 0
+            async for chunk in flight:
+                size += len(chunk)
+            return size if head.status == 200 else 0
+
+    def _prefetch_outcome(self, outcome: str, size: int) -> None:
+        self.metrics.prefetch.labels(self.role, outcome).inc(size)
+
+    # --- sending --------------------------------------------------------------------
+    def _headers(self, reply: Reply, x_cache: str) -> list[tuple[str, str]]:
+        out = [(k, v) for k, v in reply.headers if k != "X-Cache"]
+        out.append(("X-Cache", x_cache))
+        out.append(("Server", f"legato/{__version__}"))
+        return out
+
+    async def send_hit(self, request: web.Request, hit: Hit, cached: Cached, age: int,
+                       x_cache: str) -> web.StreamResponse:
+        """A stored object through aiohttp (the fast path serves most hits before this)."""
+        with hit:
+            reply = respond(cached, request.method, list(request.headers.items()), self.clock(),
+                            self.config.name, age, self.origins)
+            data = reply.body or (hit.read(reply.first, reply.length) if reply.length else b"")
+        return await self._send(request, reply, x_cache, data)
+
+    async def _send(self, request: web.Request, reply: Reply, x_cache: str, data: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(status=reply.status)
+        length = None
+        for k, v in self._headers(reply, x_cache):
+            if k == "Content-Length":
+                length = int(v)
+            else:
+                resp.headers.add(k, v)
+        if length is not None:
+            resp.content_length = length
+        await resp.prepare(request)
+        if data and request.method != hdrs.METH_HEAD:
+            await resp.write(data)
+        await resp.write_eof()
+        self.metrics.result(x_cache, reply.status, len(data))
+        return resp
+
+    async def send_flight(self, request: web.Request, flight: Flight, head: ResponseHead,
+                          now: float) -> web.StreamResponse:
+        """Stream a fetch to the client as it arrives (ranges and conditionals applied)."""
+        x_cache = flight.role.value if flight.role is not Role.HIT else "HIT"
+        if head.content_length is not None:
+            cached = Cached.from_stored(head.status, head.headers, head.content_length, now)
+            reply = respond(cached, request.method, list(request.headers.items()), now, self.config.name, 0,
+                            self.origins)
+            first, length = reply.first, reply.length
+        else:  # length unknown (chunked upstream): the whole body, no ranges
+            pairs = [(k, v) for k, v in head.headers if k.lower() not in ("via", "content-length")]
+            via = ", ".join(v for k, v in head.headers if k.lower() == "via")
+            pairs.append(("Via", f"{via + ', ' if via else ''}1.1 {self.config.name}"))
+            pairs += [("Age", "0"), *h.cors_headers(self.origins, request.headers.get(hdrs.ORIGIN)).items()]
+            reply = Reply(head.status, pairs, 0, -1)
+            first, length = 0, -1
+        if reply.body:  # 412/416 decided before any byte of the body was needed
+            return await self._send(request, reply, x_cache, reply.body)
+        resp = web.StreamResponse(status=reply.status)
+        for k, v in self._headers(reply, x_cache):
+            if k != "Content-Length":
+                resp.headers.add(k, v)
+        send_body = request.method != hdrs.METH_HEAD and reply.status not in (304,) and length != 0
+        if length >= 0:
+            resp.content_length = length
+        await resp.prepare(request)
+        sent = 0
+        if send_body:
+            position = 0
+            end = first + length if length >= 0 else None
+            try:
+                async for chunk in flight:
+                    lo, hi = position, position + len(chunk)
+                    position = hi
+                    if hi <= first:
+                        continue
+                    piece = chunk[max(0, first - lo):(len(chunk) if end is None else max(0, end - lo))]
+                    if piece:
+                        await resp.write(piece)
+                        sent += len(piece)
+                    if end is not None and position >= end:
+                        break
+            except (CoalesceError, UpstreamError) as exc:
+                log.warning("upstream failed mid-body for %s after %d bytes: %s", flight.key, sent, _reason(exc))
+                self.metrics.result(x_cache, reply.status, sent)
+                if request.transport is not None:
+                    request.transport.close()  # the client must see a broken transfer, not a short one
+                return resp
+        await resp.write_eof()
+        self.metrics.result(x_cache, reply.status, sent)
+        return resp
+
+    # --- control endpoints ------------------------------------------------------------
+    async def purge(self, request: web.Request) -> web.Response:
+        if request.method != hdrs.METH_POST:
+            return self.error(request, 405, "use POST", Allow="POST")
+        token = self.config.admin_token
+        if not token:
+            return self.error(request, 403, "purge is disabled on this node (no admin_token configured)")
+        given = request.headers.get(hdrs.AUTHORIZATION, "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return self.error(request, 401, "missing or wrong bearer token",
+                              **{"WWW-Authenticate": 'Bearer realm="legato-admin"'})
+        if (request.content_length or 0) > 4096:
+            return self.error(request, 413, "purge request body over 4 KiB")
+        try:
+            doc = json.loads(await request.content.read(4097))
+            if not isinstance(doc, dict) or len(doc) != 1 or not isinstance(next(iter(doc.values())), str):
+                raise ValueError
+        except ValueError:
+            return self.error(request, 400, 'body must be JSON: {"path": "/tracks/..."} or {"prefix": "/tracks/ID/"}')
+        kind, target = next(iter(doc.items()))
+        if kind == "path":
+            try:
+                route = urls.parse(target)
+            except urls.BadPath as exc:
+                return self.error(request, 400, f"path: {exc.reason}")
+            if route is None or route.kind not in CACHEABLE:
+                return self.error(request, 400, "path is not a cacheable object of the URL space")
+            purged = int(self.store.delete(route.path))
+        elif kind == "prefix":
+            if not target.startswith(("/tracks/", "/licenses/")) or ".." in target or "\x00" in target:
+                return self.error(request, 400, "prefix must start with /tracks/ or /licenses/")
+            purged = self.store.purge_prefix(target)
+        else:
+            return self.error(request, 400, 'use "path" or "prefix"')
+        log.info("purge %s %s: %d object(s)", kind, target, purged)
+        headers = base_headers(request, self.origins)
+        headers["Cache-Control"] = "no-store"
+        return web.json_response({"node": self.config.name, kind: target, "purged": purged}, headers=headers)
+
+    def metrics_response(self, request: web.Request) -> web.Response:
+        from prometheus_client import generate_latest
+
+        stats = self.store.stats()
+        self.metrics.store_bytes.labels(self.role).set(stats.bytes)
+        self.metrics.store_objects.labels(self.role).set(stats.objects)
+        for peer, state in self.upstream.states().items():
+            self.metrics.up.labels(self.role, peer).set(0 if state == "open" else 1)
+        body = render_metrics(self.registry)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # single process: add the store's own registry
+            body += generate_latest(_store_registry())
+        headers = base_headers(request, self.origins)
+        headers.update({"Content-Type": h.content_type(urls.Kind.METRICS), "Cache-Control": "no-store"})
+        return web.Response(body=body, headers=headers)
+
+    def healthz(self, request: web.Request) -> web.Response:
+        states = self.upstream.states()
+        stats = self.store.stats()
+        live = [p for p, s in states.items() if s != "open"]
+        status = "ok" if live and self.store.healthy else ("degraded" if live else "no healthy upstream")
+        body = {"status": status, "node": self.config.name, "role": self.role, "version": __version__,
+                "pid": os.getpid(), "upstreams": states,
+                "store": {"healthy": self.store.healthy, "reason": self.store.degraded_reason,
+                          "bytes": stats.bytes, "objects": stats.objects, "policy": self.config.cache.policy}}
+        headers = base_headers(request, self.origins)
+        headers.update({"Content-Type": h.content_type(urls.Kind.HEALTHZ), "Cache-Control": "no-store"})
+        return web.Response(status=200, body=json.dumps(body).encode(), headers=headers)
+
+
+def _store_registry() -> Any:
+    from cache.store import store_metrics
+
+    return store_metrics().registry
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+
+
+def create_app(config: NodeConfig, *, role: str, config_file: Path | None = None, args: Any = None,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """The node's aiohttp app, with the fast path as its socket server (legato.server.SITE)."""
+    app = web.Application(client_max_size=4096)
+    node = Node(config, role, clock=clock)
+    app[NODE] = node
+    observers: tuple[Observer, ...] = (node.requests,)
+    app[OBSERVERS] = observers
+
+    async def on_startup(_app: web.Application) -> None:
+        await node.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        await node.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", node.handle)
+
+    async def site(runner: web.AppRunner, sock: Any) -> Any:
+        from cache.fastpath import FastPathMetrics, serve
+
+        return await serve(sock, runner, node.lookup, config.name, cors_origins=node.origins,
+                           metrics=FastPathMetrics(config.name, node.registry), clock=clock)
+
+    app[SITE] = site
+    if config_file is not None and args is not None:
+        async def reload() -> None:
+            from cache.cli import load_config
+            from legato.config import ConfigError
+
+            try:
+                await node.reload(load_config(args, role))
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+
+        app[RELOAD] = reload
+    return app
+
