@@ -276,10 +276,10 @@ class MusicWorkload:
     track_seconds_sigma: float = 0.35  # log-normal sigma of track lengths
     track_seconds_min: float = 30.0
     track_seconds_max: float = 900.0
-    skip_probability: float = 0.6  # mean over tracks of P(a listen is skipped)
+    skip_probability: float = 0.7  # mean over tracks of P(a listen is skipped before the end)
     skip_concentration: float = 6.0  # Beta(a, b) with a + b = this: spread of skip rates between tracks
-    skip_mean_seconds: float = 20.0  # exponential time until a skip
-    buffer_seconds: float = 18.0  # how far ahead of playback the player fetches
+    skip_mean_seconds: float = 15.0  # exponential time until a skip
+    buffer_seconds: float = 12.0  # how far ahead of playback the player fetches
     request_gap: float = 0.05  # seconds between back-to-back requests of one listen
     dash_share: float = 0.3
     track_json_share: float = 0.5
