@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -113,7 +114,7 @@ def test_trace_is_in_time_order_and_in_the_url_space(small_trace: list[Request])
 
 def test_listens_arrive_as_a_poisson_process(small_trace: list[Request]) -> None:
     starts = sorted(r.time for r in small_trace if r.key.endswith("/init.mp4"))
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     mean = statistics.fmean(gaps)
     assert mean == pytest.approx(1 / SMALL.listen_rate, rel=0.15)
     assert statistics.stdev(gaps) == pytest.approx(mean, rel=0.25)  # exponential: sd = mean
@@ -202,7 +203,7 @@ def test_hit_ratios_are_ratios(hit_ratios: dict[tuple[str, float], SimResult]) -
 
 def test_a_bigger_lru_cache_does_not_do_worse(hit_ratios: dict[tuple[str, float], SimResult]) -> None:
     lru = [hit_ratios["lru", f].hit_ratio for f in CACHE_FRACTIONS]
-    assert all(b >= a - 0.005 for a, b in zip(lru, lru[1:], strict=False)), table(hit_ratios)
+    assert all(b >= a - 0.005 for a, b in itertools.pairwise(lru)), table(hit_ratios)
 
 
 @pytest.mark.parametrize("fraction", CACHE_FRACTIONS[:2])
