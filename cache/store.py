@@ -84,7 +84,12 @@ unhealthy and once when it recovers, and exposes ``healthy`` /
 ``degraded_reason`` (and ``legato_cache_store_healthy``).  While unhealthy,
 one ``begin`` per ``retry_interval`` tries to write; the first commit that
 succeeds makes the store healthy again.  A busy index (another worker's long
-transaction beyond ``db_timeout``) only skips that write.
+transaction beyond ``db_timeout``) only skips that write.  A worker that
+starts on a full or failing disk (diskcache writes its settings when it opens
+the index) starts degraded: every lookup misses and every writer is a no-op
+until the background thread manages to open the index.  Only configuration
+problems (the directory cannot be created, the index cannot be opened for
+any other reason) raise ``StoreError``, from the constructor.
 
 Threads: ``lookup``, ``begin`` and the writer may be called from the event
 loop or from worker threads (``Writer.commit`` does a SQLite write and a
@@ -158,13 +163,14 @@ EVENT_BACKLOG = 100_000
 
 # One event: op, now, size, key length; then the UTF-8 key.
 _EVENT = struct.Struct(">cdQH")
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.ENOMEM})
 HIT, INSERT, DELETE, SYNC = b"H", b"I", b"D", b"S"
 
 Event = tuple[bytes, float, int, str]
 
 
 class StoreError(Exception):
-    """The cache directory cannot be opened at all (raised by ``Store()`` only)."""
+    """The cache directory is unusable: a configuration problem (raised by ``Store()`` only)."""
 
 
 # --------------------------------------------------------------------------
@@ -634,11 +640,11 @@ class Store:
         try:
             for d in (self.directory, self.tmp_dir, self.lock_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self._index = _Index(str(self.directory), db_timeout)
             st = os.stat(self.directory)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open cache directory {self.directory}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot use cache directory {self.directory}: {exc}") from exc
         self._address = b"\0legato-store-%x-%x" % (st.st_dev, st.st_ino)
+        self._db_timeout = db_timeout
 
         self._lock = threading.Lock()  # counters and health
         self._healthy = True
@@ -648,6 +654,9 @@ class Store:
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._known_lock = threading.Lock()
         self._verified_max = verified_max
+        self._index: _Index | None = None
+        self._next_open = 0.0
+        self._open_index(at_start=True)
         self._ram = _RamTier(ram_bytes) if ram_bytes > 0 else None
         self._ram_object_max = min(ram_object_max, ram_bytes)
         self._tmp_seq = itertools.count()
@@ -667,6 +676,28 @@ class Store:
         self._thread.start()
 
     # -- health ---------------------------------------------------------------
+
+    def _open_index(self, *, at_start: bool = False) -> bool:
+        """Open the SQLite index; on a disk error start degraded and retry later.
+
+        Only a full or failing disk degrades (the node must keep serving after
+        a restart on a full SSD); anything else at start (permissions, a
+        corrupt database file) is a configuration problem: ``StoreError``.
+        """
+        try:
+            self._index = _Index(str(self.directory), self._db_timeout)
+        except (OSError, sqlite3.Error) as exc:
+            message = str(exc).lower()
+            disk = (isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS) or any(
+                m in message for m in ("disk is full", "disk i/o error", "database is locked", "readonly"))
+            if at_start and not disk:
+                raise StoreError(f"cannot open the index of {self.directory}: {exc}") from exc
+            self._next_open = time.monotonic() + self.retry_interval
+            self._error("open", exc)
+            return False
+        if not at_start:
+            self._recovered()
+        return True
 
     @property
     def healthy(self) -> bool:
@@ -730,7 +761,7 @@ class Store:
         ``now`` is the request time (RFC 9111 §4.2.3) and paces write attempts
         while the store is degraded.
         """
-        if not self._healthy and now < self._next_probe:
+        if self._index is None or (not self._healthy and now < self._next_probe):
             return Writer(self, key, now, content_length, None, None)
         path = str(self.tmp_dir / f"{os.getpid()}-{next(self._tmp_seq)}-{os.urandom(4).hex()}.part")
         try:
@@ -754,6 +785,8 @@ class Store:
         """Adopt ``path`` as ``key``'s body with ``meta`` in one index row."""
         adopt = _Adopt(path, meta.size)
         try:
+            if self._index is None:
+                raise OSError(errno.EIO, "index unavailable")
             self._index.put(key, adopt, meta.to_bytes())
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             for leftover in (adopt.final, path):
@@ -774,8 +807,11 @@ class Store:
 
         Counts as a request of ``key`` for the eviction policy.
         """
+        index = self._index
+        if index is None:
+            return None
         try:
-            row = self._index.row(key)
+            row = index.row(key)
         except (sqlite3.Error, OSError) as exc:
             self._error("lookup", exc)
             return None
@@ -805,7 +841,7 @@ class Store:
                 self._drop_corrupt(key, filename, f"bad meta: {exc}")
                 return None
         try:
-            fd = os.open(os.path.join(self._index.directory, filename), _OPEN_READ)
+            fd = os.open(os.path.join(index.directory, filename), _OPEN_READ)
         except FileNotFoundError:
             # Deleted after we read the row (eviction, purge, replacement), or lost.
             self._drop_if_still(key, filename)
@@ -839,7 +875,7 @@ class Store:
 
     def __contains__(self, key: object) -> bool:
         """True if the index has a row for ``key`` (not verified, not a request)."""
-        if not isinstance(key, str):
+        if not isinstance(key, str) or self._index is None:
             return False
         try:
             return self._index.row(key) is not None
@@ -886,6 +922,8 @@ class Store:
         self._metrics.corrupt.inc()
         self._forget_local(key)
         try:
+            if self._index is None:
+                return
             if filename is None:
                 self._index.delete(key, retry=False)
             else:
@@ -897,7 +935,7 @@ class Store:
     def _drop_if_still(self, key: str, filename: str) -> None:
         """The body file of a row is missing: drop the row if it still names that file."""
         try:
-            row = self._index.row(key)
+            row = self._index.row(key) if self._index is not None else None
         except (sqlite3.Error, OSError):
             return
         if row is not None and row[0] == filename:
@@ -908,6 +946,9 @@ class Store:
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was stored.  Never raises for I/O."""
         self._forget_local(key)
+        if self._index is None:
+            log.warning("cannot delete %s from %s: index unavailable", key, self.directory)
+            return False
         try:
             deleted = self._index.delete(key)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
@@ -927,6 +968,9 @@ class Store:
         with self._known_lock:
             for key in [k for k in self._known if k.startswith(prefix)]:
                 del self._known[key]
+        if self._index is None:
+            log.warning("cannot purge %s from %s: index unavailable", prefix, self.directory)
+            return 0
         try:
             deleted = self._index.delete_many(self._index.keys_with_prefix(prefix))
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
@@ -941,9 +985,12 @@ class Store:
     def stats(self) -> StoreStats:
         """Counters and sizes (index queries; cheap, but not for every request)."""
         try:
+            if self._index is None:
+                raise OSError(errno.EIO, "index unavailable")
             volume, count = self._index.volume(), self._index.count()
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
-            self._error("stats", exc)
+            if self._index is not None:
+                self._error("stats", exc)
             volume = count = -1
         manager = self._manager
         with self._lock:
@@ -1015,6 +1062,8 @@ class Store:
 
     def _try_become_manager(self) -> None:
         """Take the manager role if nobody holds it (the policy is built by the thread)."""
+        if self._index is None:
+            return
         try:
             fcntl.flock(self._manager_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -1041,6 +1090,14 @@ class Store:
         next_election = time.monotonic() + ELECTION_INTERVAL
         try:
             while not self._stop.is_set():
+                if self._index is None:
+                    if time.monotonic() >= self._next_open and self._open_index():
+                        log.info("cache store %s: index open", self.directory)
+                        continue
+                    self._ship()
+                    self._kick.wait(FLUSH_INTERVAL)
+                    self._kick.clear()
+                    continue
                 if self._elected and self._manager is None:
                     self._build_manager()
                 manager = self._manager
@@ -1063,7 +1120,8 @@ class Store:
         except Exception:  # the thread must not die silently: the policy would stop
             log.exception("cache store %s: background thread failed", self.directory)
         finally:
-            self._index.cache.close()  # this thread's SQLite connection
+            if self._index is not None:
+                self._index.cache.close()  # this thread's SQLite connection
 
     def close(self) -> None:
         """Stop the background thread (flushing events and access times) and release everything."""
@@ -1079,7 +1137,8 @@ class Store:
             manager.close()
         self._tx.close()
         os.close(self._manager_fd)  # releases the manager lock
-        self._index.cache.close()
+        if self._index is not None:
+            self._index.cache.close()
 
     def __enter__(self) -> Self:
         return self
@@ -1129,6 +1188,7 @@ class _Manager:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        assert store._index is not None
         self.index = store._index
         self.rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
@@ -1361,11 +1421,14 @@ def sweep_locks(lock_dir: Path, now: float, max_age: float) -> int:
     removed = 0
     for entry in _scandir(lock_dir):
         if not entry.name.endswith(".lock"):
-            if ".tmp-" in entry.name:  # a sidecar being written by a dead process
-                pid_part = entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if ".tmp-" in entry.name:  # a sidecar being written by a dead process
+                    pid_part = entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
                     if pid_part.isdigit() and not _pid_alive(int(pid_part)):
                         os.unlink(entry.path)
+                elif (entry.name.endswith((".json", ".wait")) and now - entry.stat().st_mtime > max_age
+                      and not os.path.exists(entry.path[:-len(".json")] + ".lock")):
+                    os.unlink(entry.path)  # an orphan: its lock file is gone
             continue
         try:
             if now - entry.stat().st_mtime < max_age:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -258,15 +259,18 @@ class Child:
         return child
 
     async def expect(self, what: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The child's next report that has ``what`` (earlier other reports are skipped)."""
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            assert self.proc.stderr is not None
-            err = await self.proc.stderr.read()
-            raise AssertionError(f"child exited while we expected {what!r}: {err.decode(errors='replace')}")
-        record: dict[str, Any] = json.loads(line)
-        assert what in record, record
-        return record
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
+            if not line:
+                assert self.proc.stderr is not None
+                err = await self.proc.stderr.read()
+                raise AssertionError(f"child exited while we expected {what!r}: {err.decode(errors='replace')}")
+            record: dict[str, Any] = json.loads(line)
+            if what in record:
+                return record
 
     def go(self) -> None:
         assert self.proc.stdin is not None
@@ -531,3 +535,58 @@ async def test_leader_process_killed_mid_fetch_followers_take_over(
     hit = store.lookup("/obj", time.time())
     assert hit is not None and hit.read() == body
     hit.close()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the filesystem is full (ENOSPC)."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs (root only), filled up by the test, unmounted at teardown."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs for a real ENOSPC needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_disk_full_leader_streams_from_memory_and_other_processes_pass_through(
+        upstream: Upstream, session: aiohttp.ClientSession, full_disk: Path, children: list[Child]) -> None:
+    store = Store(full_disk / "cache", 1 << 30)
+    co = Coalescer(store)
+    try:
+        fill(full_disk / "filler")
+        body = upstream.add("full", 300_000)
+        upstream.hold("full")
+        readers = await start_readers(co, "/obj", http_fetch(session, upstream.url("full")), 5)
+        await asyncio.wait_for(asyncio.gather(*(r.first.wait() for r in readers)), TIMEOUT)
+        assert not store.healthy  # the leader's writer failed: nothing to share on disk
+        child = await Child.start(store.directory, upstream.url("full"), 10)
+        children.append(child)
+        child.go()
+        assert (await child.expect("joined"))["joined"] == {"COALESCED": 10}
+        done = await child.expect("done")  # fetched for itself, while our fetch still holds
+        assert done == {"done": True, "hashes": [digest(body)], "ok": 10, "errors": [], "statuses": []}
+        assert upstream.counts["full"] == 2 and upstream.finished["full"] == 1
+        upstream.release["full"].set()
+        await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), TIMEOUT)
+        assert all(r.error is None and bytes(r.data) == body for r in readers)
+        assert store.lookup("/obj", time.time()) is None
+    finally:
+        await co.close()
+        store.close()

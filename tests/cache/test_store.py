@@ -6,6 +6,7 @@ processes (this file, loaded by path, run as ``python -c``; stopped by PID).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import pytest
 
 from cache.meta import ResponseHead
 from cache.policy import POLICIES
-from cache.store import Hit, Store, store_metrics
+from cache.store import Hit, Store, StoreError, store_metrics, sweep_locks
 
 REPO = Path(__file__).resolve().parents[2]
 HEAD = ResponseHead(200, (("Content-Type", "audio/mp4"), ("Cache-Control", "max-age=31536000, immutable")), None)
@@ -504,6 +505,38 @@ def test_rows_the_policy_never_heard_of_are_picked_up(stores: Callable[..., Stor
     assert "/known" not in store
 
 
+def test_sweeps_remove_dead_writers_temp_files_and_idle_locks(tmp_path: Path,
+                                                              stores: Callable[..., Store]) -> None:
+    directory = tmp_path / "cache"
+    (directory / "tmp").mkdir(parents=True)
+    (directory / "locks").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    orphan = directory / "tmp" / f"{dead_pid}-0-abcd.part"
+    orphan.write_bytes(b"half a body")
+    alive = directory / "tmp" / f"{os.getpid()}-0-abcd.part"
+    alive.write_bytes(b"being written")
+    old = time.time() - 3600
+    idle, held = directory / "locks" / "idle", directory / "locks" / "held"
+    for stem in (idle, held):
+        for suffix in (".lock", ".json", ".wait"):
+            path = stem.with_suffix(suffix)
+            path.write_bytes(b"{}")
+            os.utime(path, (old, old))
+    fd = os.open(held.with_suffix(".lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a fetch in progress somewhere
+    try:
+        stores()  # the manager sweeps a second after its election
+        wait_for(lambda: not orphan.exists() and not idle.with_suffix(".lock").exists(), what="the sweep")
+        assert alive.exists()
+        assert not idle.with_suffix(".json").exists() and not idle.with_suffix(".wait").exists()
+        assert all(held.with_suffix(s).exists() for s in (".lock", ".json", ".wait"))
+    finally:
+        os.close(fd)
+    assert sweep_locks(directory / "locks", time.time(), 60.0) == 1  # now idle too
+
+
 # --------------------------------------------------------------------------
 # disk full
 
@@ -565,3 +598,34 @@ def test_disk_full_degrades_once_writes_nothing_and_recovers(
     assert read_hit(store.lookup("/after", t + 6)) == b"a" * 50_000
     assert len([r for r in caplog.records if "degraded" in r.getMessage()]) == 1
     assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
+
+
+def test_a_worker_starting_on_a_full_disk_starts_degraded_and_recovers(
+        stores: Callable[..., Store], tiny_fs: Path) -> None:
+    first = stores(tiny_fs / "cache")
+    put(first, "/old", b"o" * 10_000)
+    filler = tiny_fs / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    late = stores(tiny_fs / "cache", retry_interval=0.2)  # no exception: serving must go on
+    assert not late.healthy and late.degraded_reason is not None
+    assert late.lookup("/old", time.time()) is None  # passthrough until the index opens
+    writer = late.begin("/new", time.time())
+    writer.write(b"n" * 1000)
+    assert writer.commit(HEAD, time.time()) is None
+    assert late.purge_prefix("/") == 0 and late.stats().objects == -1
+    filler.unlink()
+    wait_for(lambda: late.healthy, timeout=5, what="the index to open")
+    assert read_hit(late.lookup("/old", time.time())) == b"o" * 10_000
+    put(late, "/new", b"n" * 1000)
+
+
+def test_an_unusable_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot use cache directory"):
+        Store(tmp_path / "file" / "cache", 1 << 20)
