@@ -174,7 +174,8 @@ class Upstream:
                     self._check_resume(resp, t)
                 else:
                     length = resp.content_length
-                    kept = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
+                    raw = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
+                    kept = [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]  # names as sent
                     t.started, t.length, t.etag = True, length, resp.headers.get("ETag")
                     sink.start(resp.status, kept, length)
                 async for chunk in resp.content.iter_chunked(CHUNK):
