@@ -340,7 +340,7 @@ def init(track: str, rendition: str = "aac-96k") -> str:
     return urls.rendition_path(track, rendition, "init.mp4")
 
 
-def listen_once(policy: ListenPolicy, track: str, segments: int, t: float) -> float:
+def listen_once(policy: EvictionPolicy, track: str, segments: int, t: float) -> float:
     """Request a listen's init and segments 1..segments, as a player would."""
     for key, size in [(urls.track_path(track, "master.m3u8"), 600), (init(track), 700)] + [
         (seg(track, n), 75_000) for n in range(1, segments + 1)
