@@ -45,6 +45,7 @@ differs, as in diskcache's ``EVICTION_POLICY`` table.
 from __future__ import annotations
 
 import abc
+import functools
 import heapq
 import itertools
 import math
@@ -569,8 +570,8 @@ class ListenPolicy(EvictionPolicy):
 
     With a stats table of only the cached keys (``stats_factor`` 1), the
     prior is worth more: 0.237/0.128 against 0.229/0.120 without it at 1%.
-    Operations are O(log n) (a heap with lazy deletion); 10-20 us per
-    request in CPython, a few times LRU.
+    Operations are O(log n) (a heap with lazy deletion); ~14 us of CPU per
+    request in CPython against ~2 for LRU: noise next to serving a segment.
 
     Rejected alternatives:
 
@@ -616,6 +617,7 @@ class ListenPolicy(EvictionPolicy):
         self._scale_at = math.nan
         self._scale_value = 1.0
         self._per_rtt_byte = 1.0 / self.rtt_bytes
+        self._admitted: tuple[str, float] | None = None
 
     # -- decayed counts -----------------------------------------------------
     #
@@ -679,13 +681,10 @@ class ListenPolicy(EvictionPolicy):
 
     @staticmethod
     def _parse(key: str) -> _KeyStats:
-        try:
-            route = urls.parse(key)
-        except urls.BadPath:
-            route = None
-        if route is None or route.kind is not Kind.SEGMENT:
+        segment = _segment_of(key) if key.endswith(".m4s") else None
+        if segment is None:
             return _KeyStats(0.0, None, 0)
-        return _KeyStats(0.0, f"/tracks/{route.track}/{route.rendition}/init.mp4", route.segment or 0)
+        return _KeyStats(0.0, segment[0], segment[1])
 
     def _observe(self, key: str, now: float) -> _KeyStats:
         """Count a request of ``key`` (hit or miss); return its stats."""
@@ -741,18 +740,21 @@ class ListenPolicy(EvictionPolicy):
 
     def _admit(self, key: str, size: int, now: float) -> bool:
         stats = self._observe(key, now)
+        value = self._value(stats, size, now)
+        self._admitted = (key, value)  # for _attach: nothing it depends on changes in between
         if self.used + size <= self.capacity:
             return True
         _, victim = self._lowest()
         victim_stats = self._stats.get(victim) or self._parse(victim)
-        return self._value(stats, size, now) >= self._value(victim_stats, self._sizes[victim], now)
+        return value >= self._value(victim_stats, self._sizes[victim], now)
 
     def _attach(self, key: str, size: int, now: float, state: object) -> None:
-        # _admit already counted a new key's request; a re-insert is a request too
-        stats = self._stats.get(key) if state is NEW else None
-        if stats is None:
-            stats = self._observe(key, now)
-        self._set_priority(key, self._priority_of(stats, size, now))
+        admitted, self._admitted = self._admitted, None
+        if state is NEW and admitted is not None and admitted[0] == key:
+            value = admitted[1]  # _admit counted this request and valued the object
+        else:
+            value = self._value(self._observe(key, now), size, now)  # a re-insert is a request too
+        self._set_priority(key, self._floor + value)
 
     def _detach(self, key: str) -> object:
         del self._priority[key]
@@ -768,6 +770,18 @@ class ListenPolicy(EvictionPolicy):
         del self._priority[key]
         self._floor = max(self._floor, priority)
         return key
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _segment_of(key: str) -> tuple[str, int] | None:
+    """(init segment key, segment number) of a media segment key, else None (memoised parse)."""
+    try:
+        route = urls.parse(key)
+    except urls.BadPath:
+        return None
+    if route is None or route.kind is not Kind.SEGMENT or route.segment is None:
+        return None
+    return f"/tracks/{route.track}/{route.rendition}/init.mp4", route.segment
 
 
 # --------------------------------------------------------------------------
