@@ -47,7 +47,7 @@ ops_strategy = st.lists(
     ),
     max_size=80,
 )
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def apply(policy: EvictionPolicy, model: dict[str, int], op: Op, now: float) -> list[str] | None:

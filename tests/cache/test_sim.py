@@ -180,7 +180,7 @@ def test_no_skips_means_whole_tracks() -> None:
 # Policies on the music trace
 
 CACHE_FRACTIONS = (0.01, 0.03, 0.10)
-WORKLOAD = MusicWorkload(tracks=2_500, listens=2_000)
+WORKLOAD = MusicWorkload(tracks=2_000, listens=1_600)
 
 
 @pytest.fixture(scope="module")
