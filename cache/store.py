@@ -247,8 +247,17 @@ class _AdoptingDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.rename(value.path, full_path)
+            # Disk.remove prunes empty directories (os.removedirs), so another
+            # worker's eviction may remove the subdirectory between makedirs
+            # and rename: retry, as diskcache's own _write does.
+            for attempt in range(10):
+                try:
+                    os.makedirs(os.path.dirname(full_path), exist_ok=True)
+                    os.rename(value.path, full_path)
+                    break
+                except FileNotFoundError:
+                    if attempt == 9 or not os.path.exists(value.path):
+                        raise
             value.final = full_path
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key)  # type: ignore[no-any-return]

@@ -466,9 +466,14 @@ def test_capacity_holds_across_processes(
     proc = spawn("rw", str(tmp_path / "cache"), str(capacity), "/child/", "/none/", "60", "0", "2000")
     children.append(proc)
     finish(proc)  # it wrote 120 objects (240 KB) into a 50 KB store run by this process's policy
-    wait_for(lambda: store.sync() and store.stats().bytes <= capacity, what="evictions")
-    assert store.policy is not None and store.policy.used <= capacity
-    assert store.stats().objects == len(store.policy) == len(value_files(store.directory))
+    policy = store.policy
+    assert policy is not None
+
+    def settled() -> bool:  # rows go first, their files right after
+        return store.sync() and store.stats().objects == len(policy) == len(value_files(store.directory))
+
+    wait_for(settled, what="evictions")
+    assert policy.used <= capacity and store.stats().bytes <= capacity
 
 
 def test_manager_role_moves_when_its_process_dies(
