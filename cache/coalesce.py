@@ -249,12 +249,16 @@ class _State:
             self._joined = b"".join(self.chunks)
         return self._joined[offset:offset + length]
 
-    def finish(self) -> None:
-        if self.over:
-            return
+    def check_complete(self) -> None:
+        """Raise unless the current source delivered a whole body."""
         limit = self.head.content_length if self.head is not None else None
         if self.head is None or self.source_pos < self.size or (limit is not None and self.size != limit):
             raise UpstreamFailed(self.key, f"body incomplete ({self.size} bytes)")
+
+    def finish(self) -> None:
+        if self.over:
+            return
+        self.check_complete()
         self.done = True
         self._joined = None
         self._notify()
@@ -724,6 +728,20 @@ class Coalescer:
                 sink.writer.abort()
             raise
         assert sink.head is not None
+        try:
+            st.check_complete()
+        except UpstreamFailed as exc:
+            if lock is not None:
+                lock.write_sidecar({"id": flight_id, "pid": os.getpid(), "key": st.key, "state": "failed",
+                                    "error": exc.reason, "status": exc.status, "t": time.time()})
+            if sink.writer is not None:
+                sink.writer.abort()
+            raise
+        # "done" before the temp file is renamed or removed: a follower elsewhere
+        # must not take a vanished file for a leader that stopped spilling.
+        if lock is not None:
+            lock.write_sidecar({"id": flight_id, "pid": os.getpid(), "key": st.key, "state": "done",
+                                "size": st.size, "t": time.time()})
         if sink.writer is not None:
             if self.cacheable(sink.head):
                 loop = asyncio.get_running_loop()
@@ -732,9 +750,6 @@ class Coalescer:
             else:
                 sink.writer.abort()
         st.finish()
-        if lock is not None:
-            lock.write_sidecar({"id": flight_id, "pid": os.getpid(), "key": st.key, "state": "done",
-                                "size": st.size, "t": time.time()})
 
     async def _tail(self, st: _State, lock: _KeyLock) -> _Outcome:
         """Follow another process's fetch of ``st.key`` until it ends (see the module docstring)."""

@@ -512,6 +512,28 @@ async def test_upstream_failure_in_another_process_reaches_followers_within_a_se
     assert list(store.tmp_dir.iterdir()) == [] and not list(store.directory.rglob("*.val"))
 
 
+async def test_uncacheable_response_is_shared_across_processes_without_a_second_fetch(
+        upstream: Upstream, session: aiohttp.ClientSession, coalescer: Coalescer, store: Store,
+        children: list[Child]) -> None:
+    body = upstream.add("gone", 200_000)
+    upstream.status["gone"] = 404  # streamed to everyone, stored by no one: the temp file is removed
+    upstream.hold("gone")
+    child = await Child.start(store.directory, upstream.url("gone"), 5)
+    children.append(child)
+    child.go()
+    assert (await child.expect("joined"))["joined"] == {"MISS": 1, "COALESCED": 4}
+    await child.expect("partial")
+    readers = await start_readers(coalescer, "/obj", http_fetch(session, upstream.url("gone")), 20)
+    await asyncio.wait_for(asyncio.gather(*(r.first.wait() for r in readers)), TIMEOUT)
+    upstream.release["gone"].set()
+    await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), TIMEOUT)
+    assert all(r.error is None and bytes(r.data) == body for r in readers)
+    assert (await readers[0].flight.head()).status == 404
+    assert (await child.expect("done"))["hashes"] == [digest(body)]
+    assert upstream.counts["gone"] == 1
+    assert store.lookup("/obj", time.time()) is None and list(store.tmp_dir.iterdir()) == []
+
+
 async def test_leader_process_killed_mid_fetch_followers_take_over(
         upstream: Upstream, session: aiohttp.ClientSession, coalescer: Coalescer, store: Store,
         children: list[Child]) -> None:
