@@ -190,6 +190,31 @@ class Meta:
         """The first value of field ``name`` (case-insensitive), or None."""
         return _header(self.headers, name)
 
+    def freshened(self, headers: Iterable[tuple[str, str]], *, request_time: float,
+                  response_time: float) -> Meta:
+        """This record updated by a 304 (or HEAD) response's fields, RFC 9111 §3.2 / §4.3.4.
+
+        Each storable field of ``headers`` replaces every stored field of that
+        name (in the stored field's position; new names are appended);
+        hop-by-hop fields and Content-Length are not taken (§3.2 exceptions).
+        Body, size and checksum are unchanged; the clock readings are the
+        revalidation's.
+        """
+        update = storable_headers(headers)
+        names = {name.lower() for name, _ in update}
+        merged: list[tuple[str, str]] = []
+        placed: set[str] = set()
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower not in names:
+                merged.append((name, value))
+            elif lower not in placed:
+                placed.add(lower)
+                merged.extend(p for p in update if p[0].lower() == lower)
+        merged.extend(p for p in update if p[0].lower() not in placed)
+        return Meta(self.key, self.status, tuple(merged), self.size, self.xxh3,
+                    float(request_time), float(response_time))
+
     def to_bytes(self) -> bytes:
         """Compact JSON, ASCII only."""
         record = {

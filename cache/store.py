@@ -364,6 +364,12 @@ class _Index:
             self._con().executemany(
                 "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", list(items))
 
+    def swap_tag(self, key: str, old: bytes, new: bytes) -> bool:
+        """Replace ``key``'s meta record if it is still ``old`` (compare and swap)."""
+        with self.cache.transact(retry=False):
+            cursor = self._sql()("UPDATE Cache SET tag = ? WHERE key = ? AND raw = 1 AND tag = ?", (new, key, old))
+            return cursor.rowcount == 1
+
     def count(self) -> int:
         return len(self.cache)
 
@@ -837,8 +843,18 @@ class Store:
                 return Hit(cached[0], body=cached[1])
         with self._known_lock:
             known = self._known.get(key)
-        if known is not None and (known.filename != filename or known.tag != tag):
+        if known is not None and known.filename != filename:
             known = None
+        if known is not None and known.tag != tag:  # freshened (update_meta): same file, new record
+            try:
+                fresh = Meta.from_bytes(tag)
+            except MetaError:
+                fresh = None
+            if fresh is not None and (fresh.key, fresh.size, fresh.xxh3) == (key, size, known.meta.xxh3):
+                known = _Known(filename, tag, fresh, known.ident)
+                self._remember(key, known)
+            else:
+                known = None
         if known is not None:
             meta = known.meta
         else:
@@ -949,6 +965,27 @@ class Store:
             return
         if row is not None and row[0] == filename:
             self._drop_corrupt(key, filename, "body file missing")
+
+    def update_meta(self, current: Meta, new: Meta) -> bool:
+        """Replace the stored record ``current`` by ``new`` (same body), e.g. after a 304.
+
+        Atomic compare-and-swap on the index row: False (nothing changed) if
+        the object was replaced, freshened or removed meanwhile by any
+        worker, if ``new`` describes another body, or on a store error.
+        Verification of the body is kept (the file did not change).
+        """
+        if (new.key, new.size, new.xxh3, new.status) != (current.key, current.size, current.xxh3, current.status):
+            return False
+        if self._index is None:
+            return False
+        try:
+            swapped = self._index.swap_tag(current.key, current.to_bytes(), new.to_bytes())
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._error("update", exc)
+            return False
+        if swapped and self._ram is not None:
+            self._ram.drop(current.key)
+        return swapped
 
     # -- deletion -------------------------------------------------------------------------
 

@@ -129,3 +129,17 @@ def test_response_head() -> None:
             ResponseHead(**{"status": 200, "headers": (), **bad})  # type: ignore[arg-type]
     meta = Meta.from_head("/k", head, size=5, xxh3="0" * 16, request_time=1, response_time=2)
     assert meta.status == 200 and meta.size == 5 and meta.request_time == 1.0 and meta.headers == head.headers
+
+
+def test_freshened_by_a_304_replaces_named_fields_and_keeps_the_body() -> None:
+    """RFC 9111 §3.2: fields of the 304 replace the stored ones; hop-by-hop and Content-Length do not."""
+    stored = sample(headers=(("Content-Type", "audio/mp4"), ("Cache-Control", "max-age=60"), ("Date", "old"),
+                             ("X-Multi", "a"), ("X-Multi", "b"), ("ETag", '"e"')))
+    fresh = stored.freshened(
+        [("Cache-Control", "max-age=600"), ("Date", "new"), ("X-Multi", "c"), ("Expires", "later"),
+         ("Connection", "close"), ("Content-Length", "0"), ("Keep-Alive", "timeout=5")],
+        request_time=2000.0, response_time=2000.5)
+    assert fresh.headers == (("Content-Type", "audio/mp4"), ("Cache-Control", "max-age=600"), ("Date", "new"),
+                             ("X-Multi", "c"), ("ETag", '"e"'), ("Expires", "later"))
+    assert (fresh.key, fresh.status, fresh.size, fresh.xxh3) == (stored.key, stored.status, stored.size, stored.xxh3)
+    assert (fresh.request_time, fresh.response_time) == (2000.0, 2000.5)

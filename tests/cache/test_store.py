@@ -6,6 +6,7 @@ processes (this file, loaded by path, run as ``python -c``; stopped by PID).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -328,6 +329,24 @@ def test_corrupt_meta_is_a_miss_not_an_exception(stores: Callable[..., Store]) -
     assert store.lookup("/j", time.time()) is None
     assert sample("legato_cache_corrupt_total") == before + 2
     assert "/k" not in store and value_files(store.directory) == set()
+
+
+def test_update_meta_freshens_atomically_and_keeps_verification(stores: Callable[..., Store]) -> None:
+    store = stores(ram_bytes=1 << 20)
+    put(store, "/k", b"body" * 100)
+    hit = store.lookup("/k", time.time())
+    assert hit is not None
+    current = hit.meta
+    hit.close()
+    fresh = current.freshened([("Cache-Control", "max-age=999")], request_time=5.0, response_time=6.0)
+    assert store.update_meta(current, fresh)
+    assert not store.update_meta(current, fresh)  # compare-and-swap: current is no longer stored
+    other = store.lookup("/k", time.time())
+    assert other is not None and other.meta == fresh and other.read() == b"body" * 100
+    other.close()
+    assert not store.update_meta(fresh, dataclasses.replace(fresh, size=1))  # another body: refused
+    put(store, "/k", b"new")  # replaced meanwhile
+    assert not store.update_meta(fresh, fresh.freshened([], request_time=7.0, response_time=8.0))
 
 
 # --------------------------------------------------------------------------
