@@ -64,9 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
 
 
 def load_config(args: argparse.Namespace, role: str):  # type: ignore[no-untyped-def]
-    from cache.config import NodeConfig
+    from cache.config import NodeConfig, PrefetchConfig
 
-    config = cfg.load(NodeConfig, args.config) if args.config is not None else NodeConfig(name=role)
+    if args.config is not None:
+        config = cfg.load(NodeConfig, args.config)
+    else:  # edges prefetch for the listeners; a regional doing it too would only cascade
+        config = NodeConfig(name=role, prefetch=PrefetchConfig(segments=2 if role == "edge" else 0))
     try:
         upstream = cfg.replace(config.upstream, peers=tuple(args.upstream) if args.upstream else None)
         cache = cfg.replace(config.cache, dir=args.cache_dir, size=args.cache_size, policy=args.policy)
