@@ -54,7 +54,7 @@ def decode_over_http(url: str, expected: float) -> Check:
     from packager.tools import ffmpeg
 
     proc = subprocess.run([ffmpeg(), "-nostdin", "-v", "error", "-i", url, "-f", "s16le", "-ac", "2", "-ar", "48000",
-                           "-"], capture_output=True, timeout=300)
+                           "-"], capture_output=True, timeout=300, check=False)
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         return Check(url, expected, None, lines[-1] if lines else f"ffmpeg exit status {proc.returncode}")
