@@ -583,6 +583,7 @@ class Coalescer:
         self.finish_abandoned = finish_abandoned
         self._flights: dict[str, _State] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lock_trouble = False  # logged once, not per request
 
     def in_flight(self) -> int:
         """Keys being fetched or followed by this process."""
@@ -600,9 +601,16 @@ class Coalescer:
         try:
             leading = lock.try_acquire()
         except OSError as exc:  # cannot make lock files: coalesce in this process only
-            log.warning("cannot lock %s (%s): fetching without cross-process coalescing", key, exc)
+            if not self._lock_trouble:
+                self._lock_trouble = True
+                log.warning("cannot lock %s (%s): fetching without cross-process coalescing until locks work "
+                            "again", key, exc)
             lock.close()
             lock, leading = None, True
+        else:
+            if self._lock_trouble:
+                self._lock_trouble = False
+                log.warning("cross-process coalescing works again")
         if leading and lock is not None:
             hit = self.store.lookup(key, self.clock())
             if hit is not None:  # committed by another worker since the node looked
