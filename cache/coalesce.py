@@ -595,7 +595,8 @@ class Coalescer:
         if st is not None and st.error is None:  # running, or complete and still in memory
             if st.followers >= self.max_followers:
                 raise TooManyWaiters(key, self.max_followers, self.retry_after)
-            return Flight(self, st, Role.COALESCED)
+            # a body already complete in memory is served from here: that is a hit
+            return Flight(self, st, Role.HIT if st.done else Role.COALESCED)
         lock: _KeyLock | None = _KeyLock(self.store.lock_dir, key)
         assert lock is not None
         try:

@@ -577,6 +577,17 @@ class _Known:
     tag: bytes
     meta: Meta
     ident: tuple[int, int, int, int]  # dev, inode, size, mtime_ns of the verified file
+    trusted_until: float  # monotonic time after which the body is hashed again
+
+
+# Why a verified identity is trusted only for a while, and only when checked well
+# after the file's last write: file times come from a coarse clock (a few ms), so a
+# byte changed within the same tick as the verification leaves (size, mtime)
+# untouched; and bit rot changes no metadata at all.  An identity verified within
+# MTIME_SLACK of its mtime is re-hashed on the next hit; any identity is re-hashed
+# after REVERIFY_SECONDS, bounding how long silent corruption can be served.
+MTIME_SLACK = 0.05
+REVERIFY_SECONDS = 300.0
 
 
 class _RamTier:
@@ -851,7 +862,7 @@ class Store:
             except MetaError:
                 fresh = None
             if fresh is not None and (fresh.key, fresh.size, fresh.xxh3) == (key, size, known.meta.xxh3):
-                known = _Known(filename, tag, fresh, known.ident)
+                known = _Known(filename, tag, fresh, known.ident, known.trusted_until)
                 self._remember(key, known)
             else:
                 known = None
@@ -877,16 +888,19 @@ class Store:
         try:
             st = os.fstat(fd)
             ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if known is None or known.ident != ident:
-                ok, _ = self._verify(fd, meta, keep=False)
+            mono = time.monotonic()
+            rehash = known is None or known.ident != ident or mono >= known.trusted_until
+            promote = known is not None and self._ram is not None and meta.size <= self._ram_object_max
+            if rehash or promote:
+                ok, body = self._verify(fd, meta, keep=promote)  # a second hit here promotes to RAM
                 if not ok:
                     os.close(fd)
                     self._drop_corrupt(key, filename, "checksum mismatch")
                     return None
-                self._remember(key, _Known(filename, tag, meta, ident))
-            elif self._ram is not None and meta.size <= self._ram_object_max:
-                ok, body = self._verify(fd, meta, keep=True)  # second hit here: promote, verified again
-                if ok and body is not None:
+                settled = time.time() - st.st_mtime > MTIME_SLACK
+                self._remember(key, _Known(filename, tag, meta, ident, mono + (REVERIFY_SECONDS if settled else 0.0)))
+                if promote and body is not None:
+                    assert self._ram is not None
                     self._ram.put(key, filename, tag, meta, body)
                     os.close(fd)
                     self._emit(HIT, now, 0, key)

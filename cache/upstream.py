@@ -57,9 +57,10 @@ class UpstreamError(Exception):
 
 
 class _PeerFailed(Exception):
-    def __init__(self, reason: str, *, definitive: bool = False) -> None:
+    def __init__(self, reason: str, *, definitive: bool = False, timeout: bool = False) -> None:
         super().__init__(reason)
         self.definitive = definitive
+        self.timeout = timeout
 
 
 Observe = Callable[[str, str, float], None]  # (peer, outcome, seconds)
@@ -124,6 +125,7 @@ class Upstream:
         deadline = self.clock() + self.config.deadline
         state = _Transfer()
         reasons: list[str] = []
+        timeouts = 0
         tried: set[str] = set()
         while True:
             peers = [p for p in self.order(ring_key) if p not in tried]
@@ -142,6 +144,7 @@ class Upstream:
                 self.peers.breakers[peer].failure(self.clock(), definitive=exc.definitive)
                 self.observe(peer, "failure", self.clock() - t0)
                 reasons.append(f"{peer}: {exc}")
+                timeouts += exc.timeout
                 log.warning("upstream %s failed for %s: %s", peer, path, exc)
                 continue
             except TimeoutError:
@@ -153,7 +156,8 @@ class Upstream:
             self.peers.breakers[peer].success()
             self.observe(peer, "success", self.clock() - t0)
             return
-        raise UpstreamError(502, "no upstream peer could serve it: " + ("; ".join(reasons) or "all peers are down"))
+        status = 504 if reasons and timeouts == len(reasons) else 502  # RFC 9110 §15.6.5: nobody answered in time
+        raise UpstreamError(status, "no upstream peer could serve it: " + ("; ".join(reasons) or "all peers are down"))
 
     async def _attempt(self, peer: str, path: str, sink: Sink, headers: Mapping[str, str], t: _Transfer) -> None:
         request_headers = {k: v for k, v in headers.items() if k in FORWARDED}
@@ -166,8 +170,12 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
                                         sock_read=self.config.read_timeout)
         try:
-            async with self.session.get(peer + path, headers=request_headers, timeout=timeout,
-                                        allow_redirects=False) as resp:
+            request = self.session.get(peer + path, headers=request_headers, timeout=timeout, allow_redirects=False)
+            try:
+                resp = await asyncio.wait_for(request, self.config.first_byte_timeout)
+            except TimeoutError:
+                raise _PeerFailed(f"no response within {self.config.first_byte_timeout:g} s", timeout=True) from None
+            async with resp:
                 if resp.status >= 500:
                     raise _PeerFailed(f"answered {resp.status}")
                 if t.started:
@@ -187,7 +195,9 @@ class Upstream:
             raise
         except aiohttp.ClientConnectorError as exc:
             raise _PeerFailed(f"cannot connect ({exc.os_error.strerror or exc})", definitive=True) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise _PeerFailed(f"stalled ({type(exc).__name__})", timeout=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise _PeerFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         sink.finish()
 
