@@ -10,20 +10,26 @@ bytes, the sizes of 6-second AAC segments at 160 and 320 kbit/s) from a
 temporary directory on 127.0.0.1, one process each:
 
 * **nginx** (Debian ``nginx-light``): a generated config, one process
-  (``master_process off``), ``sendfile on``, ``tcp_nopush on``, keep-alive
+  (``master_process off``), ``sendfile on``, ``tcp_nopush on`` (Debian's
+  default; ``--nginx-tcp-nopush off`` to compare), keep-alive
   with no request limit, ``access_log off``, and ``add_header`` for the
   fields a cache hit carries (Cache-Control, CORS, Via, Age, X-Cache), so both
   sides write heads of about the same size.
 * **Legato**: a worker process running ``cache.fastpath.serve`` in front of
-  an aiohttp ``AppRunner`` (uvloop, as ``legato.server`` runs nodes), with a
-  ``lookup`` backed by the files: each hit opens its file (as nginx does
-  with its default ``open_file_cache off``) and is shaped by
-  ``cache.respond``.  The real store (``cache.store``) is not used yet: it
-  adds an index read per hit, which this benchmark does not measure.
+  an aiohttp ``AppRunner`` (uvloop, as ``legato.server`` runs nodes), in
+  up to three variants (``--lookup``).  ``store``: the objects are first stored in a real
+  ``cache.store.Store`` (SQLite index, adopted body files, xxh3) and every hit
+  is ``Store.lookup``: an index read, an open, an fstat (the checksum is
+  verified on the first hit only) and a policy event, then
+  ``cache.respond`` shapes it.  ``store-ram`` is the same store with its RAM
+  tier on (from the second hit, bodies are sent from memory with one
+  ``sendmsg``; the index is still read per hit).  ``files``: a hit just opens
+  the file, as nginx does with its default ``open_file_cache off``: the pure
+  serving path, without the store's bookkeeping.
 
 Each is loaded with ``wrk`` (keep-alive, one thread: the other core runs the
 server) at 64 and 256 connections, after a warm-up, alternating nginx /
-Legato / nginx / Legato ... so drift in the machine's load hits both alike.
+each Legato variant / nginx / ... so drift in the machine's load hits both alike.
 Measured per run: requests/s and p99 latency (``wrk --latency``), the server's
 CPU time per request (utime + stime from ``/proc/PID/stat`` over the run,
 divided by the requests wrk completed), wrk's own CPU (``wait4``) and the CPU
@@ -32,9 +38,10 @@ noisy neighbour is visible in the results.  Medians over the rounds are
 compared; the ratios are Legato / nginx.  Targets (reported, not asserted):
 requests/s >= 0.8x, p99 <= 1.5x, CPU per request <= 2x.
 
-    python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s
+    python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s, 3 variants
     python bench/serve_vs_nginx.py --duration 3 --rounds 1 --connections 64   # quick look
     python bench/serve_vs_nginx.py --legato-modes sendfile,no-sendfile      # also the kill switch
+    python bench/serve_vs_nginx.py --lookup files                           # the serving path alone
 
 nginx and wrk are installed with apt-get when missing.  Results:
 OUT/serve_vs_nginx.json (every number) and OUT/serve_vs_nginx.md.  Exits 0
@@ -67,6 +74,7 @@ from typing import Any
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+RAM_TIER = 64 << 20  # bytes of the store's RAM tier in the store-ram variant
 TARGETS = {"rps_ratio_min": 0.8, "p99_ratio_max": 1.5, "cpu_ratio_max": 2.0}
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -101,13 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured runs per server and configuration, alternating (default: 3)")
     p.add_argument("--legato-modes", type=lambda t: csv(str, t), default=["sendfile"], metavar="MODE,...",
                    help="sendfile and/or no-sendfile (LEGATO_NO_SENDFILE=1) (default: sendfile)")
+    p.add_argument("--lookup", type=lambda t: csv(str, t), default=["store", "store-ram", "files"],
+                   metavar="KIND,...",
+                   help="where Legato's hits come from, each a separate variant: a cache.store.Store (store), the "
+                        "same with its RAM tier (store-ram), or straight from the files (files) "
+                        "(default: store,store-ram,files)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="Legato worker's event loop (default: uvloop, as legato.server)")
+    p.add_argument("--nginx-tcp-nopush", choices=("on", "off"), default="on",
+                   help="nginx's tcp_nopush (default: on, as Debian's nginx.conf; Legato sends heads with MSG_MORE)")
     p.add_argument("--wrk-threads", type=int, default=1, metavar="T", help="wrk threads (default: 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help=f"where serve_vs_nginx.json and .md go (default: {DEFAULT_OUT})")
     p.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing nginx-light / wrk")
-    p.add_argument("--worker", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)  # internal
+    p.add_argument("--worker", nargs=3, metavar=("DIR", "PORT", "LOOKUP"), help=argparse.SUPPRESS)  # internal
     return p
 
 
@@ -187,7 +202,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     sendfile on;
-    tcp_nopush on;
+    tcp_nopush {nopush};
     keepalive_timeout 75s;
     keepalive_requests 100000000;
     types {{ audio/mp4 m4s; }}
@@ -207,12 +222,12 @@ http {{
 
 
 @contextlib.contextmanager
-def run_nginx(www: Path, workdir: Path) -> Iterator[tuple[int, int]]:
+def run_nginx(www: Path, workdir: Path, nopush: str) -> Iterator[tuple[int, int]]:
     """nginx serving ``www``; yields (port, pid)."""
     port = free_port()
     headers = "\n".join(f'        add_header {k} "{v}";' for k, v in HIT_FIELDS.items())
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, www=www, headers=headers))
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, www=www, headers=headers, nopush=nopush))
     with open(workdir / "stderr.log", "ab") as log:
         proc = subprocess.Popen([nginx_binary(), "-p", str(workdir), "-c", str(conf)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
@@ -224,7 +239,7 @@ def run_nginx(www: Path, workdir: Path) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def run_legato(www: Path, workdir: Path, mode: str, loop: str) -> Iterator[tuple[int, int]]:
+def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str) -> Iterator[tuple[int, int]]:
     """A Legato fast-path worker serving ``www``; yields (port, pid)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -234,8 +249,8 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str) -> Iterator[tuple
     if loop == "asyncio":
         env["LEGATO_BENCH_LOOP"] = "asyncio"
     with open(workdir / "legato-stderr.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port)],
-                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port),
+                                 lookup], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_listening(port, proc)
         yield port, proc.pid
@@ -243,15 +258,15 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str) -> Iterator[tuple
         stop(proc)
 
 
-def worker_main(www: Path, port: int) -> None:
-    """The Legato side: serve() with a file-backed lookup until SIGTERM."""
+def worker_main(www: Path, port: int, lookup: str) -> None:
+    """The Legato side: serve() until SIGTERM."""
     from legato.server import new_event_loop
 
     if os.environ.get("LEGATO_BENCH_LOOP") == "asyncio":
-        asyncio.run(_worker(www, port))
+        asyncio.run(_worker(www, port, lookup))
     else:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_worker(www, port))
+            runner.run(_worker(www, port, lookup))
 
 
 class FileHit:
@@ -273,25 +288,93 @@ class FileHit:
         os.close(self._fd)
 
 
-async def _worker(www: Path, port: int) -> None:
-    from aiohttp import web
+class StoreHit:
+    """A ``cache.store.Hit`` as the fast path wants it (what a node adapter does)."""
 
-    from cache.fastpath import serve
-    from cache.respond import Cached
+    __slots__ = ("_hit", "age", "cached")
+
+    def __init__(self, hit: Any, cached: Any, age: int) -> None:
+        self._hit = hit
+        self.cached = cached
+        self.age = age
+
+    @property
+    def size(self) -> int:
+        return int(self._hit.size)
+
+    @property
+    def body(self) -> bytes | None:
+        return self._hit.body  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return int(self._hit.fileno())
+
+    def close(self) -> None:
+        self._hit.close()
+
+
+def stored_headers(path: Path) -> tuple[tuple[str, str], ...]:
     from legato import http as h
 
-    objects: dict[str, tuple[str, Cached]] = {}
+    st = path.stat()
+    return (("Content-Type", "audio/mp4"), ("ETag", h.strong_etag(f"{st.st_ino:x}-{st.st_size:x}")),
+            ("Last-Modified", h.http_date(st.st_mtime)), ("Cache-Control", HIT_FIELDS["Cache-Control"]))
+
+
+def file_lookup(www: Path) -> Any:
+    """Hits straight from the files: an open per hit."""
+    from cache.respond import Cached
+
     now = time.time()
-    for path in sorted(www.iterdir()):
-        st = path.stat()
-        headers = (("Content-Type", "audio/mp4"), ("ETag", h.strong_etag(f"{st.st_ino:x}-{st.st_size:x}")),
-                   ("Last-Modified", h.http_date(st.st_mtime)), ("Cache-Control", HIT_FIELDS["Cache-Control"]))
-        objects["/" + path.name] = (str(path), Cached.from_stored(200, headers, st.st_size, now))
+    objects = {"/" + p.name: (str(p), Cached.from_stored(200, stored_headers(p), p.stat().st_size, now))
+               for p in sorted(www.iterdir())}
 
     def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> FileHit | None:
         found = objects.get(target)
         return FileHit(*found) if found is not None else None
 
+    return lookup, None
+
+
+def store_lookup(www: Path, ram_bytes: int = 0) -> Any:
+    """Hits from a real cache.store.Store filled with the files (keys are the paths)."""
+    from cache.meta import ResponseHead
+    from cache.respond import Cached
+    from cache.store import Store
+
+    store = Store(tempfile.mkdtemp(prefix="store-", dir=www.parent), 1 << 30, ram_bytes=ram_bytes)
+    now = time.time()
+    for path in sorted(www.iterdir()):
+        data = path.read_bytes()
+        writer = store.begin("/" + path.name, now, content_length=len(data))
+        writer.write(data)
+        if writer.commit(ResponseHead.build(200, stored_headers(path), len(data)), now) is None:
+            raise RuntimeError(f"the store did not take {path.name}")
+    shapes: dict[str, tuple[Any, Cached]] = {}  # key -> (meta, Cached): one Cached per stored object
+
+    def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> StoreHit | None:
+        hit = store.lookup(target, now)
+        if hit is None:
+            return None
+        meta = hit.meta
+        known = shapes.get(target)
+        if known is None or known[0] is not meta:
+            known = shapes[target] = (meta, Cached.from_stored(meta.status, meta.headers, meta.size,
+                                                               meta.response_time))
+        return StoreHit(hit, known[1], max(0, int(now - meta.response_time)))
+
+    return lookup, store
+
+
+async def _worker(www: Path, port: int, kind: str) -> None:
+    from aiohttp import web
+
+    from cache.fastpath import serve
+
+    if kind == "files":
+        lookup, store = file_lookup(www)
+    else:
+        lookup, store = store_lookup(www, RAM_TIER if kind == "store-ram" else 0)
     app = web.Application()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -305,6 +388,8 @@ async def _worker(www: Path, port: int) -> None:
     await stopped.wait()
     await server.shutdown(2.0)
     await runner.cleanup()
+    if store is not None:
+        store.close()
 
 
 # --------------------------------------------------------------------------
@@ -406,11 +491,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarise(runs: list[Run], modes: list[str]) -> list[dict[str, Any]]:
+def summarise(runs: list[Run], variants: list[str]) -> list[dict[str, Any]]:
     rows = []
     keys = sorted({(r.size, r.connections) for r in runs})
-    for mode in modes:
-        name = f"legato-{mode}"
+    for name in variants:
         for size, conns in keys:
             mine = [r for r in runs if (r.server, r.size, r.connections) == (name, size, conns)]
             theirs = [r for r in runs if (r.server, r.size, r.connections) == ("nginx", size, conns)]
@@ -421,9 +505,12 @@ def summarise(runs: list[Run], modes: list[str]) -> list[dict[str, Any]]:
                 row[f"{label}_rps"] = round(median([r.rps for r in group]), 1)
                 row[f"{label}_p99_ms"] = round(median([r.latency_ms.get("p99", float("nan")) for r in group]), 3)
                 row[f"{label}_cpu_us"] = round(median([r.cpu_us_per_request for r in group]), 2)
+                row[f"{label}_total_cpu_us"] = round(median([(r.server_cpu_s + r.wrk_cpu_s) / r.requests * 1e6
+                                                             for r in group if r.requests]), 2)
             row["rps_ratio"] = round(row["legato_rps"] / row["nginx_rps"], 3)
             row["p99_ratio"] = round(row["legato_p99_ms"] / row["nginx_p99_ms"], 3)
             row["cpu_ratio"] = round(row["legato_cpu_us"] / row["nginx_cpu_us"], 3)
+            row["total_cpu_ratio"] = round(row["legato_total_cpu_us"] / row["nginx_total_cpu_us"], 3)
             row["targets_met"] = (row["rps_ratio"] >= TARGETS["rps_ratio_min"]
                                   and row["p99_ratio"] <= TARGETS["p99_ratio_max"]
                                   and row["cpu_ratio"] <= TARGETS["cpu_ratio_max"])
@@ -450,7 +537,8 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
     out.mkdir(parents=True, exist_ok=True)
     settings = {"sizes": args.sizes, "connections": args.connections, "duration_s": args.duration,
                 "warmup_s": args.warmup, "rounds": args.rounds, "legato_modes": args.legato_modes,
-                "loop": args.loop, "wrk_threads": args.wrk_threads}
+                "loop": args.loop, "lookup": args.lookup, "wrk_threads": args.wrk_threads,
+                "nginx_tcp_nopush": args.nginx_tcp_nopush}
     data = {"machine": facts, "settings": settings, "targets": TARGETS, "summary": rows,
             "runs": [asdict(r) for r in runs]}
     (out / "serve_vs_nginx.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -459,19 +547,22 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
         "",
         "Generated by `bench/serve_vs_nginx.py` (see its docstring for the method). Ratios are Legato / nginx,",
         f"medians of {args.rounds} alternating runs of {args.duration:g} s each (after {args.warmup:g} s warm-up),",
-        (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run. Targets: requests/s ≥ "
+        (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run; Legato on {args.loop}, hits from "
+         f"a `cache.store.Store` (store), the same with its RAM tier (store-ram) or straight from the files "
+         f"(files). Targets: requests/s ≥ "
         f"{TARGETS['rps_ratio_min']}x, p99 ≤ {TARGETS['p99_ratio_max']}x, CPU/request ≤ {TARGETS['cpu_ratio_max']}x."),
         "",
-        ("| legato | object | conns | rps ratio | p99 ratio | CPU/req ratio | nginx rps | legato rps "
-        "| nginx p99 ms | legato p99 ms | nginx CPU µs/req | legato CPU µs/req | targets |"),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ("| legato (mode-lookup) | object | conns | rps ratio | p99 ratio | CPU/req ratio | nginx rps | legato rps "
+         "| nginx p99 ms | legato p99 ms | nginx CPU µs/req | legato CPU µs/req | server+wrk CPU ratio | targets |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['legato'].removeprefix('legato-')} | {r['size'] // 1000} kB | {r['connections']} "
             f"| **{r['rps_ratio']:.2f}** | **{r['p99_ratio']:.2f}** | **{r['cpu_ratio']:.2f}** "
             f"| {r['nginx_rps']:.0f} | {r['legato_rps']:.0f} | {r['nginx_p99_ms']:.2f} | {r['legato_p99_ms']:.2f} "
-            f"| {r['nginx_cpu_us']:.1f} | {r['legato_cpu_us']:.1f} | {'met' if r['targets_met'] else 'missed'} |"
+            f"| {r['nginx_cpu_us']:.1f} | {r['legato_cpu_us']:.1f} | {r['total_cpu_ratio']:.2f} "
+            f"| {'met' if r['targets_met'] else 'missed'} |"
         )
     other = [r.other_cpu_s / r.seconds for r in runs if r.seconds]
     errors = sum(sum(r.errors.values()) for r in runs)
@@ -485,6 +576,11 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
         f"median {median(other):.2f}, max {max(other, default=0):.2f}. wrk socket errors and non-2xx "
         f"responses over all runs: {errors}."),
         "",
+        ("CPU/req is the server process's utime + stime per completed request. On loopback much of the *receiving* "
+         "side's TCP work runs in the sender's softirq context and is charged to whichever process is on the CPU, "
+         "and packetization (tcp_nopush / MSG_MORE) moves costs by large factors, so the server+wrk column (both "
+         "processes' CPU per request, ratio Legato / nginx) is given as a cross-check."),
+        "",
     ]
     (out / "serve_vs_nginx.md").write_text("\n".join(lines))
 
@@ -495,11 +591,13 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
-        worker_main(Path(args.worker[0]), int(args.worker[1]))
+        worker_main(Path(args.worker[0]), int(args.worker[1]), args.worker[2])
         return 0
     bad = [m for m in args.legato_modes if m not in ("sendfile", "no-sendfile")]
+    bad += [k for k in args.lookup if k not in ("store", "store-ram", "files")]
+    variants = [(mode, kind) for kind in args.lookup for mode in args.legato_modes]
     if bad or args.rounds < 1 or args.duration <= 0:
-        sys.exit(f"serve_vs_nginx: bad settings: modes {bad}, rounds {args.rounds}, duration {args.duration}")
+        sys.exit(f"serve_vs_nginx: bad settings: {bad}, rounds {args.rounds}, duration {args.duration}")
     ensure_tools(install=not args.no_install)
     facts = machine_facts()
     runs: list[Run] = []
@@ -517,16 +615,16 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes:
                 path = f"/seg-{size}.m4s"
                 for rnd in range(args.rounds):
-                    with run_nginx(www, work / "nginx") as (port, pid):
+                    with run_nginx(www, work / "nginx", args.nginx_tcp_nopush) as (port, pid):
                         check_object(port, path, objects[size])
                         runs.append(measure("nginx", port, pid, path, size, conns, rnd, args))
                         print(_line(runs[-1]), flush=True)
-                    for mode in args.legato_modes:
-                        with run_legato(www, work, mode, args.loop) as (port, pid):
+                    for mode, kind in variants:
+                        with run_legato(www, work, mode, args.loop, kind) as (port, pid):
                             check_object(port, path, objects[size])
-                            runs.append(measure(f"legato-{mode}", port, pid, path, size, conns, rnd, args))
+                            runs.append(measure(f"legato-{mode}-{kind}", port, pid, path, size, conns, rnd, args))
                             print(_line(runs[-1]), flush=True)
-    rows = summarise(runs, args.legato_modes)
+    rows = summarise(runs, [f"legato-{mode}-{kind}" for mode, kind in variants])
     write_report(args.out, facts, args, runs, rows)
     for r in rows:
         print(f"{r['legato']} {r['size'] // 1000} kB x{r['connections']}: rps {r['rps_ratio']:.2f}x, "
