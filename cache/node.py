@@ -271,11 +271,17 @@ class Node:
         return await self.serve(request, route)
 
     async def serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
-        now = self.clock()
         key = route.path
         self.prefetcher.requested(key)
-        if route.kind is urls.Kind.SEGMENT:
-            self.prefetcher.after(route)
+        try:
+            return await self._serve(request, route)
+        finally:  # prefetch only once the client's own object is on its way (client misses first)
+            if route.kind is urls.Kind.SEGMENT:
+                self.prefetcher.after(route)
+
+    async def _serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
+        now = self.clock()
+        key = route.path
         stale: Hit | None = None
         hit = self.store.lookup(key, now)
         if hit is not None:
