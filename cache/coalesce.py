@@ -97,6 +97,7 @@ import xxhash
 
 from cache.meta import MetaError, ResponseHead
 from cache.store import Hit, Store, Writer
+from legato.proc import pid_alive
 
 __all__ = [
     "CoalesceError",
@@ -463,16 +464,6 @@ class _KeyLock:
         self.release()
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Outcome(enum.Enum):
@@ -812,7 +803,7 @@ class Coalescer:
                     side = lock.read_sidecar()
                     last_side = now
                     live = (side is not None and side.get("key") == st.key and side.get("state") in _LIVE
-                            and _pid_alive(side.get("pid")))
+                            and pid_alive(side.get("pid")))
                     if live and side is not None:
                         no_live_since = None
                         if followed is not None and side.get("id") != followed:

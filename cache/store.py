@@ -122,6 +122,7 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 
 from cache.meta import Meta, MetaError, ResponseHead
 from cache.policy import EvictionPolicy, make_policy
+from legato.proc import pid_alive
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -1227,14 +1228,6 @@ def _decode(datagram: bytes) -> list[Event]:
     return events
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Manager:
@@ -1445,7 +1438,7 @@ class _Manager:
                 age = now - entry.stat().st_mtime
             except OSError:
                 continue
-            dead = pid_part.isdigit() and not _pid_alive(int(pid_part))
+            dead = pid_part.isdigit() and not pid_alive(int(pid_part))
             if dead or age > TEMP_MAX_AGE:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -1484,7 +1477,7 @@ def sweep_locks(lock_dir: Path, now: float, max_age: float) -> int:
             with contextlib.suppress(OSError):
                 if ".tmp-" in entry.name:  # a sidecar being written by a dead process
                     pid_part = entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-                    if pid_part.isdigit() and not _pid_alive(int(pid_part)):
+                    if pid_part.isdigit() and not pid_alive(int(pid_part)):
                         os.unlink(entry.path)
                 elif (entry.name.endswith((".json", ".wait")) and now - entry.stat().st_mtime > max_age
                       and not os.path.exists(entry.path[:-len(".json")] + ".lock")):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import xxhash
 
+from legato.proc import pid_alive
 from legato.urls import TRACK_ID_RE
 from packager import catalog, dash, hls, mp4, plan, transcode
 from packager.ladder import LadderConfig
@@ -80,19 +81,11 @@ def sweep_stale(store: Path) -> None:
     """Remove staging directories left by packager processes that are gone."""
     for d in tracks_dir(store).glob(".tmp-*"):
         pid = d.name.rsplit("-", 2)[-2]
-        alive = pid.isdigit() and _pid_alive(int(pid))
+        alive = pid.isdigit() and pid_alive(int(pid))
         if not alive:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -265,7 +258,7 @@ def package_batch(sources: list[Path], store: Path, ladder: LadderConfig, *, tra
             return Outcome(src, "packaged", tid)
         except PackageError as exc:
             return Outcome(src, "failed", None, str(exc))
-        except Exception as exc:  # a bug, not bad input: still one line, traceback only when asked
+        except Exception as exc:  # noqa: BLE001 - a bug, not bad input: one line, traceback only when asked
             if verbose:
                 traceback.print_exc()
             return Outcome(src, "failed", None, f"internal error: {type(exc).__name__}: {exc}")
