@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
                    help=f"cache directory (default from config: {d.cache.dir})")
     p.add_argument("--cache-size", type=parse_size, metavar="BYTES", default=None,
                    help=f"disk tier size, e.g. 20G (default from config: {d.cache.size})")
+    p.add_argument("--cache-ram", type=parse_size, metavar="BYTES", default=None,
+                   help=f"RAM tier per worker for the hottest small objects, 0 to turn off (default from config: "
+                   f"{d.cache.ram})")
     p.add_argument("--policy", default=None, help=f"eviction policy by name (default from config: {d.cache.policy})")
     p.add_argument("--workers", type=int, metavar="N", default=None,
                    help=f"worker processes sharing the port via SO_REUSEPORT (default from config: {d.workers})")
@@ -72,7 +75,8 @@ def load_config(args: argparse.Namespace, role: str):  # type: ignore[no-untyped
         config = NodeConfig(name=role, prefetch=PrefetchConfig(segments=2 if role == "edge" else 0))
     try:
         upstream = cfg.replace(config.upstream, peers=tuple(args.upstream) if args.upstream else None)
-        cache = cfg.replace(config.cache, dir=args.cache_dir, size=args.cache_size, policy=args.policy)
+        cache = cfg.replace(config.cache, dir=args.cache_dir, size=args.cache_size, ram=args.cache_ram,
+                            policy=args.policy)
         token = config.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "")
         return cfg.replace(config, name=args.name, listen=args.listen, workers=args.workers,
                            access_log=args.access_log, upstream=upstream, cache=cache, admin_token=token)

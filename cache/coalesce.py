@@ -742,6 +742,9 @@ class Coalescer:
         if lock is not None:
             lock.write_sidecar({"id": flight_id, "pid": os.getpid(), "key": st.key, "state": "done",
                                 "size": st.size, "t": time.time()})
+        # The body is complete and checked: every request of this flight can end now,
+        # and new ones join it as hits, instead of all waiting for the commit below.
+        st.finish()
         if sink.writer is not None:
             if self.cacheable(sink.head):
                 loop = asyncio.get_running_loop()
@@ -749,7 +752,6 @@ class Coalescer:
                 await loop.run_in_executor(None, lambda: writer.commit(head, now, response_time=rt))
             else:
                 sink.writer.abort()
-        st.finish()
 
     async def _tail(self, st: _State, lock: _KeyLock) -> _Outcome:
         """Follow another process's fetch of ``st.key`` until it ends (see the module docstring)."""

@@ -61,6 +61,14 @@ def metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
+def until_hit(url: str, timeout: float = 2.0) -> None:
+    """Wait until ``url`` is a HIT: a body is committed just after it was sent."""
+    deadline = time.monotonic() + timeout
+    while get(url)[1]["X-Cache"] != "HIT":
+        assert time.monotonic() < deadline, f"{url} never became a HIT"
+        time.sleep(0.05)
+
+
 def catalog(store: Path, track: str) -> dict:
     return json.loads((store / "tracks" / track / "track.json").read_text())
 
@@ -141,6 +149,7 @@ def test_range_and_conditional_from_cache(env: Tiers) -> None:
     path, digest = object_paths(env.store, "sunrise")[3]
     status, headers, body = get(edge + path)
     assert status == 200
+    until_hit(edge + path)
     status, headers, part = get(edge + path, {"Range": "bytes=10-99"})
     assert (status, part, headers["Content-Range"]) == (206, body[10:100], f"bytes 10-99/{len(body)}")
     assert headers["X-Cache"] == "HIT"
@@ -153,10 +162,7 @@ def test_range_and_conditional_from_cache(env: Tiers) -> None:
 def test_metrics_and_health(env: Tiers) -> None:
     edge = env.edges[0].url
     assert get(edge + "/tracks/sunrise/master.m3u8")[1]["X-Cache"] == "MISS"
-    deadline = time.monotonic() + 2  # the first body is committed just after it is sent
-    while get(edge + "/tracks/sunrise/master.m3u8")[1]["X-Cache"] != "HIT":
-        assert time.monotonic() < deadline, "second request never became a HIT"
-        time.sleep(0.05)
+    until_hit(edge + "/tracks/sunrise/master.m3u8")
     status, _, body = get(edge + "/healthz")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok"
@@ -237,21 +243,29 @@ def find_stored(cache_dir: Path, body: bytes) -> Path:
     raise AssertionError(f"object not found under {cache_dir}")
 
 
-def test_corrupted_object_is_never_served(env: Tiers) -> None:
-    edge = env.edges[0].url
-    path, digest = object_paths(env.store, "sunrise")[5]
-    status, _, body = get(edge + path)
-    assert status == 200
-    stored = find_stored(env.tmp / "e0", body)
-    with stored.open("r+b") as fh:
-        fh.seek(len(body) // 2)
-        byte = fh.read(1)
-        fh.seek(len(body) // 2)
-        fh.write(bytes([byte[0] ^ 0xFF]))
-    status, headers, again = get(edge + path)
-    assert status == 200 and xxhash.xxh3_64_hexdigest(again) == digest, (headers, stored)
-    assert headers["X-Cache"] != "HIT"
-    assert metric(edge, "legato_cache_corrupt_total") >= 1
+@pytest.mark.parametrize("ram", ["0", "64M"])
+def test_corrupted_object_is_never_served(env: Tiers, ram: str) -> None:
+    """A byte flipped on disk: with the RAM tier off the disk copy is re-verified, dropped and
+    refetched; with it on, the verified copy in RAM keeps being served.  Never the corrupt bytes."""
+    with cache_node("edge", "edge-c", env.tmp / f"ec{ram}", [r.url for r in env.regionals],
+                    "--cache-ram", ram) as node:
+        edge = node.url
+        path, digest = object_paths(env.store, "sunrise")[5]
+        status, _, body = get(edge + path)
+        assert status == 200
+        until_hit(edge + path)  # committed and verified before the byte flips
+        stored = find_stored(env.tmp / f"ec{ram}", body)
+        with stored.open("r+b") as fh:
+            fh.seek(len(body) // 2)
+            byte = fh.read(1)
+            fh.seek(len(body) // 2)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        for _ in range(3):
+            status, headers, again = get(edge + path)
+            assert status == 200 and xxhash.xxh3_64_hexdigest(again) == digest, (headers, stored)
+        if ram == "0":
+            assert metric(edge, "legato_cache_corrupt_total") >= 1
+            assert find_stored(env.tmp / f"ec{ram}", body).read_bytes() == body  # refetched, stored again
 
 
 def test_restarted_edge_serves_old_objects_as_hits(tier_store: Path, tmp_path: Path) -> None:
@@ -260,6 +274,8 @@ def test_restarted_edge_serves_old_objects_as_hits(tier_store: Path, tmp_path: P
         with cache_node("edge", "edge-r", tmp_path / "edge", [origin.url]) as edge:
             for p, _ in paths:
                 assert get(edge.url + p)[0] == 200
+            for p, _ in paths:
+                until_hit(edge.url + p)  # all committed before the restart
         with cache_node("edge", "edge-r", tmp_path / "edge", [origin.url]) as edge:
             for p, digest in paths:
                 status, headers, body = get(edge.url + p)
