@@ -184,7 +184,7 @@ class StoreMetrics:
 
     ``legato_cache_corrupt_total``: objects dropped because their body or meta
     failed verification; ``legato_cache_store_errors_total{op}``: I/O and index
-    errors; ``legato_cache_evictions_total``: objects the policy evicted;
+    errors; ``legato_cache_evictions_total{policy}``: objects the policy evicted;
     ``legato_cache_truncated_total``: bodies not stored because their length
     did not match Content-Length; ``legato_cache_policy_events_dropped_total``;
     ``legato_cache_store_healthy`` (0/1, the minimum over live workers);
@@ -200,7 +200,8 @@ class StoreMetrics:
                                registry=r)
         self.errors = Counter("legato_cache_store_errors", "Store I/O and index errors, by operation", ("op",),
                               registry=r)
-        self.evictions = Counter("legato_cache_evictions", "Objects evicted by the eviction policy", registry=r)
+        self.evictions = Counter("legato_cache_evictions", "Objects evicted, by eviction policy", ("policy",),
+                                 registry=r)
         self.truncated = Counter("legato_cache_truncated", "Bodies not stored: length differs from Content-Length",
                                  registry=r)
         self.dropped = Counter("legato_cache_policy_events_dropped", "Hit/insert events lost on the way to the "
@@ -1271,6 +1272,7 @@ class _Manager:
         for key, size, accessed in self.index.rows_by_access():
             victims.extend(policy.insert(key, size, accessed))
         self.policy = policy
+        self.store._metrics.evictions.labels(getattr(policy, "name", "unknown"))  # exported at 0 from the start
         self._evict([v for v in victims if v not in policy])
         self._update_gauges()
 
@@ -1366,7 +1368,7 @@ class _Manager:
             self.store._forget_local(key)
         if deleted:
             self.store._count("evictions", len(deleted))
-            self.store._metrics.evictions.inc(len(deleted))
+            self.store._metrics.evictions.labels(getattr(self.policy, "name", "unknown")).inc(len(deleted))
 
     def _flush_touches(self) -> None:
         if self._touched:
