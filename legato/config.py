@@ -24,14 +24,14 @@ class ConfigError(ValueError):
     """Bad configuration; the message starts with the file and key path."""
 
 
-def setting(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def setting(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and its one-line help."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple default for sequences")
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
-def section(cls: type, help: str) -> Any:  # noqa: A002
+def section(cls: type, help: str) -> Any:
     """A nested config section whose default is the section's own defaults."""
     return dataclasses.field(default_factory=cls, metadata={"help": help})
 
@@ -100,6 +100,10 @@ def build(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
+        # a check in __post_init__ names its field first ("segment_duration 0.5 outside..."): point at it
+        named = str(exc).split(" ", 1)[0]
+        if named in fields:
+            raise ConfigError(f"{_prefix + '.' if _prefix else ''}{named}: {exc}") from None
         raise ConfigError(f"{_prefix or '(top level)'}: {exc}") from None
     return obj
 

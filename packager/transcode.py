@@ -10,16 +10,16 @@ source is told from a complete one.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import math
 import re
-import signal
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import ffmpeg as ffmpeg_python
 
@@ -138,20 +138,23 @@ def _last_error(stderr: str) -> str:
     return (lines[-1] if lines else "no output")[:200]
 
 
-_PR_SET_PDEATHSIG = 1
+@functools.cache
+def _die_with_parent() -> list[str]:
+    """A command prefix making the kernel SIGKILL ffmpeg if the packager dies.
 
-
-def _die_with_parent() -> None:
-    """In the ffmpeg child: the kernel SIGKILLs it if the packager dies (Linux prctl)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    util-linux's setpriv sets the parent-death signal in the child itself, so
+    nothing runs in the forked child before exec (a ``preexec_fn`` would, in a
+    process with threads); without setpriv, ffmpeg simply runs unguarded.
+    """
+    exe = shutil.which("setpriv")
+    return [exe, "--pdeathsig", "KILL"] if exe else []
 
 
 def run(args: list[str], duration: float, progress: Callable[[float], None] | None = None,
         timeout: float = 3600) -> Measurement:
     """Run ffmpeg, reporting seconds of audio done to ``progress``."""
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="replace", preexec_fn=_die_with_parent)
+    proc = subprocess.Popen([*_die_with_parent(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
     err_chunks: list[str] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read() if proc.stderr else ""))
     reader.start()
