@@ -67,9 +67,9 @@ class NodeConfig:
     cors_origin: str = setting("*", "Access-Control-Allow-Origin: '*', one origin, or a comma-separated list")
     admin_token: str = setting("", "bearer token for POST /admin/purge (empty: purge disabled)")
     shutdown_timeout: float = setting(10.0, "seconds in-flight transfers get after SIGTERM/SIGINT")
-    upstream: UpstreamConfig = section(UpstreamConfig, "where misses are fetched from")
-    cache: CacheSettings = section(CacheSettings, "the object store")
-    prefetch: PrefetchConfig = section(PrefetchConfig, "background fetching of the next segments")
+    upstream: UpstreamConfig = section(UpstreamConfig, "where misses are fetched from")  # noqa: RUF009 - a default factory
+    cache: CacheSettings = section(CacheSettings, "the object store")  # noqa: RUF009 - a default factory
+    prefetch: PrefetchConfig = section(PrefetchConfig, "background fetching of the next segments")  # noqa: RUF009 - a default factory
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 256:

@@ -71,11 +71,11 @@ def demo_topology(path: Path, state_dir: Path, fixed_ports: bool):  # type: igno
     topology = load(Topology, path) if path.exists() else Topology(
         regional=(_node("regional-a"), _node("regional-b")), edge=(_node("edge-1"),))
     if not fixed_ports:
-        free = {"listen": "127.0.0.1:0"}
+        free = "127.0.0.1:0"
         topology = dataclasses.replace(
-            topology, origin=dataclasses.replace(topology.origin, **free),
-            regional=tuple(dataclasses.replace(n, **free) for n in topology.regional),
-            edge=tuple(dataclasses.replace(n, **free) for n in topology.edge))
+            topology, origin=dataclasses.replace(topology.origin, listen=free),
+            regional=tuple(dataclasses.replace(n, listen=free) for n in topology.regional),
+            edge=tuple(dataclasses.replace(n, listen=free) for n in topology.edge))
     return dataclasses.replace(topology, state_dir=state_dir)
 
 

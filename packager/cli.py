@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -113,7 +112,7 @@ def progress_bar(seconds: float, disable: bool | None = None, desc: str = "packa
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
 
 
-def _line(o: "Outcome") -> str:
+def _line(o: Outcome) -> str:
     if o.status == "failed":
         return f"failed    {o.source}: {o.reason}"
     suffix = f" ({o.reason})" if o.reason else ""

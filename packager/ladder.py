@@ -46,7 +46,7 @@ class Loudness:
 class LadderConfig:
     segment_duration: float = setting(6.0, "target media segment duration in seconds")
     rendition: tuple[Rendition, ...] = setting(DEFAULT_RENDITIONS, "the renditions, in master playlist order")
-    loudness: Loudness = section(Loudness, "loudness measurement targets")
+    loudness: Loudness = section(Loudness, "loudness measurement targets")  # noqa: RUF009 - a default factory
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.segment_duration <= 30.0:

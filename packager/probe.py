@@ -56,7 +56,7 @@ def read_tags(path: Path) -> tuple[dict[str, str], dict[str, float | int], list[
     warnings: list[str] = []
     try:
         handle = mutagen.File(path, easy=True)
-    except Exception as exc:  # mutagen raises many types on malformed tags
+    except Exception as exc:  # noqa: BLE001 - mutagen raises many types on malformed tags
         return {}, {}, [f"tags unreadable ({type(exc).__name__}); continuing without them"]
     if handle is None:
         return {}, {}, []
@@ -64,7 +64,7 @@ def read_tags(path: Path) -> tuple[dict[str, str], dict[str, float | int], list[
     for key in TAGS:
         try:
             value = handle.get(key) if handle.tags is not None else None
-        except Exception:
+        except Exception:  # noqa: BLE001 - a tag that cannot be read is a tag we do not have
             value = None
         if value:
             cleaned = _clean(value)
@@ -82,7 +82,7 @@ def probe_ffprobe(path: Path) -> dict:
         return {}
     proc = subprocess.run(
         [exe, "-v", "error", "-show_streams", "-show_format", "-select_streams", "a:0", "-of", "json", str(path)],
-        capture_output=True, text=True, errors="replace", timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, errors="replace", timeout=60, stdin=subprocess.DEVNULL, check=False,
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]

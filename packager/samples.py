@@ -65,8 +65,8 @@ def write_sample(
         ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         # The progression repeats every bar * len(progression) seconds: synthesise one
         # cycle (aevalsrc is slow) and loop it.
-        "-f", "lavfi", "-i", f"aevalsrc=exprs='{per_channel}':s={rate}:d={cycle}:c={layout},"
-        f"aloop=loop=-1:size={round(cycle * rate)},atrim=duration={seconds}",
+        "-f", "lavfi", "-i", (f"aevalsrc=exprs='{per_channel}':s={rate}:d={cycle}:c={layout},"
+                              f"aloop=loop=-1:size={round(cycle * rate)},atrim=duration={seconds}"),
         "-c:a", codec,
     ]
     if sample_fmt:

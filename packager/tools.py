@@ -21,7 +21,7 @@ def ffmpeg() -> str:
         import imageio_ffmpeg
 
         return str(imageio_ffmpeg.get_ffmpeg_exe())
-    except Exception as exc:  # imageio-ffmpeg raises RuntimeError when it has no binary
+    except Exception as exc:  # noqa: BLE001 - imageio-ffmpeg raises RuntimeError (or worse) when it has no binary
         raise ToolMissing(f"no ffmpeg on PATH and none from imageio-ffmpeg ({exc}); install ffmpeg") from None
 
 

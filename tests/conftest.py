@@ -52,9 +52,9 @@ def packaged_track(packaged_store: Path) -> tuple[Path, str]:
     return packaged_store, "sunrise"
 
 
-from collections.abc import Iterator  # noqa: E402 - appended with the origin fixture below
+from collections.abc import Iterator
 
-from servers import run_origin  # noqa: E402
+from servers import run_origin
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import xxhash
+from servers import NodeProcess, node_process
 
 from packager.plan import AAC_FRAME
-from servers import NodeProcess, node_process
 
 TRACKS = ("sunrise", "sunrise-b", "sunrise-c", "sunrise-d")
 TOKEN = "purge-secret-for-tests"

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from servers import node_process
 
 BODY = bytes(range(256)) * 400  # 100 KiB
