@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
                               f"the {ADMIN_TOKEN_ENV} environment variable (never from the command line).")
     p.add_argument("--config", type=Path, metavar="FILE", default=None,
                    help=f"TOML config file (see config/{role}.toml); built-in defaults when omitted")
-    p.add_argument("--name", default=None, help=f"node name for Via/X-Cache-Node (default from config: {d.name})")
+    p.add_argument("--name", default=None, help=f"node name, sent in Via (default: from the config, else {role!r})")
     p.add_argument("--listen", metavar="HOST:PORT", default=None,
                    help=f"address to listen on, port 0 for any free port (default from config: {d.listen})")
     p.add_argument("--upstream", metavar="URL", action="append", default=None,

@@ -60,7 +60,7 @@ class PrefetchConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    name: str = setting("node-1", "this node's name, sent in Via and X-Cache-Node")
+    name: str = setting("node-1", "this node's name, sent in Via")
     listen: str = setting("127.0.0.1:8090", "HOST:PORT to listen on (port 0 picks a free port)")
     workers: int = setting(1, "worker processes sharing the port with SO_REUSEPORT")
     access_log: bool = setting(True, "one JSON access-log line per request on stderr")
