@@ -838,6 +838,9 @@ class Store:
         index = self._index
         if index is None:
             return None
+        hit = self._lookup_known(key, index.directory, now)
+        if hit is not None:
+            return hit
         try:
             row = index.row(key)
         except (sqlite3.Error, OSError) as exc:
@@ -913,6 +916,34 @@ class Store:
             return None
         self._emit(HIT, now, 0, key)
         return Hit(meta, fd=fd)
+
+    def _lookup_known(self, key: str, directory: str, now: float) -> Hit | None:
+        """The hot path: an object verified here before, reopened without reading the index.
+
+        Sound because diskcache gives every write a fresh file name and unlinks the
+        file when its row is deleted, purged, evicted or replaced: if the remembered
+        file still opens with the verified identity, it is still the object.  Any
+        doubt (gone, changed, trust expired, RAM-tier candidate) falls back to the
+        index.
+        """
+        with self._known_lock:
+            known = self._known.get(key)
+        if known is None or (self._ram is not None and known.meta.size <= self._ram_object_max):
+            return None
+        try:
+            fd = os.open(os.path.join(directory, known.filename), _OPEN_READ)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != known.ident or time.monotonic() >= known.trusted_until:
+            os.close(fd)
+            return None
+        self._emit(HIT, now, 0, key)
+        return Hit(known.meta, fd=fd)
 
     def __contains__(self, key: object) -> bool:
         """True if the index has a row for ``key`` (not verified, not a request)."""
