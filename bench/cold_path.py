@@ -82,7 +82,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="legato-cold-"))
     try:
         store = work / "store"
-        src = write_sample(work / "src.flac", 6.0 * (3 * args.rounds + 4) / 4 + 6)
+        # every path walks its own rendition with stride 3: edge prefetch (2 segments ahead)
+        # never warms an object that is timed later as cold
+        src = write_sample(work / "src.flac", 6.0 * 3 * args.rounds + 12)
         subprocess.run([sys.executable, "-m", "legato.cli", "package", str(src), "--store", str(store),
                         "--track-id", "cold", "--no-progress"], check=True, capture_output=True)
         n_segments = len(json.loads((store / "tracks/cold/track.json").read_text())["renditions"][0]["segments"])
@@ -93,19 +95,19 @@ def main() -> int:
         with start(topo, store) as nodes:
             urls = {n.name: n.url for n in nodes}
             regional = urls["ra"]
-            # objects of the ladder, each path gets its own never-fetched ones
-            objects = [f"/tracks/cold/{r}/seg-{i:05d}.m4s" for r in ("aac-96k", "aac-160k", "aac-320k", "flac")
-                       for i in range(1, n_segments + 1)]
-            need = 3 * args.rounds + 1
-            if len(objects) < need:
-                raise SystemExit(f"only {len(objects)} objects for {need} cold fetches")
+            paths = (("origin", urls["origin"], "aac-96k"), ("regional", regional, "aac-160k"),
+                     ("edge", urls["e1"], "aac-320k"))
+            if 3 * args.rounds > n_segments:
+                raise SystemExit(f"only {n_segments} segments for {args.rounds} rounds")
             samples: dict[str, list[float]] = {"origin": [], "regional": [], "edge": []}
             for i in range(args.rounds):
-                for j, (name, base) in enumerate((("origin", urls["origin"]), ("regional", regional),
-                                                  ("edge", urls["e1"]))):
-                    samples[name].append(timed_get(base + objects[3 * i + j]))
+                for name, base, rendition in paths:
+                    samples[name].append(timed_get(f"{base}/tracks/cold/{rendition}/seg-{3 * i + 1:05d}.m4s"))
+            # the surge: the last FLAC segment, its playlist known to the edge (no prefetch past the end)
+            urllib.request.urlopen(urls["e1"] + "/tracks/cold/flac/index.m3u8", timeout=10).read()
+            time.sleep(1.0)  # background prefetches of the timed requests settle first
             before = origin_segment_fetches(urls["origin"])
-            statuses = asyncio.run(surge(urls["e1"] + objects[-1], args.surge))
+            statuses = asyncio.run(surge(f"{urls['e1']}/tracks/cold/flac/seg-{n_segments:05d}.m4s", args.surge))
             fetches = origin_segment_fetches(urls["origin"]) - before
         med = {k: statistics.median(v) for k, v in samples.items()}
         results = {
