@@ -159,6 +159,16 @@ def test_range_and_conditional_from_cache(env: Tiers) -> None:
     assert status == 416 and headers["Content-Range"] == f"bytes */{len(body)}"
 
 
+def test_prefetch_fetches_the_next_segments_and_counts_their_use(env: Tiers) -> None:
+    edge = env.edges[0].url
+    paths = object_paths(env.store, "sunrise-c")  # master, playlist, init, seg 1..4
+    assert get(edge + paths[3][0])[1]["X-Cache"] == "MISS"  # segment 1, asked for by a listener
+    for nxt, _ in paths[4:6]:  # segments 2 and 3 arrive without being asked for
+        until_hit(edge + nxt, timeout=5)
+    assert metric(edge, "legato_prefetch_bytes_total", outcome="fetched") > 0
+    assert metric(edge, "legato_prefetch_bytes_total", outcome="used") > 0
+
+
 def test_metrics_and_health(env: Tiers) -> None:
     edge = env.edges[0].url
     assert get(edge + "/tracks/sunrise/master.m3u8")[1]["X-Cache"] == "MISS"
