@@ -627,19 +627,7 @@ class Coalescer:
         st = _State(key)
         try:
             st.set_head(hit.meta.head)
-            st.begin_source()
-            if hit.body is not None:
-                if hit.body:
-                    st.feed(hit.body)
-            else:
-                offset = 0
-                while offset < hit.size:
-                    data = hit.read(offset, _READ)
-                    if not data:
-                        break
-                    st.feed(data)
-                    offset += len(data)
-            st.finish()
+            _feed_hit(st, hit)
         except (OSError, CoalesceError) as exc:
             st.fail(exc if isinstance(exc, CoalesceError) else UpstreamFailed(key, f"stored object unreadable: {exc}"))
         finally:
@@ -857,18 +845,27 @@ class Coalescer:
             return False
         try:
             st.set_head(hit.meta.head)
-            st.begin_source()
-            offset = 0
-            while offset < hit.size:
-                data = hit.read(offset, _READ)
-                if not data:
-                    break
-                st.feed(data)
-                offset += len(data)
-            st.finish()
+            _feed_hit(st, hit)
         finally:
             hit.close()
         return True
+
+
+def _feed_hit(st: _State, hit: Hit) -> None:
+    """Feed a stored object into a flight as its source, from RAM or the file, and finish it."""
+    st.begin_source()
+    if hit.body is not None:
+        if hit.body:
+            st.feed(hit.body)
+    else:
+        offset = 0
+        while offset < hit.size:
+            data = hit.read(offset, _READ)
+            if not data:
+                break
+            st.feed(data)
+            offset += len(data)
+    st.finish()
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,31 @@ def legato(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
         [sys.executable, "-m", "legato.cli", *args],
         capture_output=True, text=True, check=check, timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``tmpfs("2m")``: a real tmpfs of that size (a disk that fills up), unmounted at teardown.
+
+    Mounting needs root; elsewhere the test is skipped with the reason.
+    """
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"tmpfs-{len(mounts)}"
+        path.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +79,6 @@ def packaged_track(packaged_store: Path) -> tuple[Path, str]:
     return packaged_store, "sunrise"
 
 
-from collections.abc import Iterator
 
 from servers import run_origin
 

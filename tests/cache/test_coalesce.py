@@ -15,10 +15,9 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,20 @@ from cache.coalesce import (
     UpstreamFailed,
 )
 from cache.meta import ResponseHead
-from cache.store import Store
+from cache.store import Hit, Store
 from cache.upstream import UpstreamError
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
+
+
+async def committed(store: Store, key: str) -> Hit:
+    """The stored object, once committed: a flight ends with its body, the commit follows."""
+    deadline = time.monotonic() + TIMEOUT
+    while (hit := store.lookup(key, time.time())) is None:
+        assert time.monotonic() < deadline, f"{key} was never committed"
+        await asyncio.sleep(0.01)
+    return hit
 
 
 # --------------------------------------------------------------------------
@@ -310,8 +318,8 @@ async def test_one_thousand_concurrent_gets_fetch_once(
     assert upstream.counts["a"] == 1
     assert collections.Counter(role for role, _ in results) == {Role.MISS: 1, Role.COALESCED: 999}
     assert all(data == body for _, data in results)
-    hit = store.lookup("/a", time.time())  # committed: the next request is a HIT
-    assert hit is not None and hit.read() == body and hit.meta.header("ETag") is not None
+    hit = await committed(store, "/a")  # the next request is a HIT
+    assert hit.read() == body and hit.meta.header("ETag") is not None
     hit.close()
     assert coalescer.in_flight() == 0
     assert list(store.tmp_dir.iterdir()) == []
@@ -420,12 +428,7 @@ async def test_leader_client_leaving_does_not_stop_the_fetch_for_followers(
     await asyncio.wait_for(asyncio.gather(*(r.task for r in followers)), TIMEOUT)
     assert all(r.error is None and bytes(r.data) == body for r in followers)
     assert upstream.counts["l"] == 1 and upstream.finished["l"] == 1
-    # the flight ends with its body; the commit to the store follows right after
-    deadline = time.monotonic() + TIMEOUT
-    while (hit := store.lookup("/l", time.time())) is None:
-        assert time.monotonic() < deadline, "the body was never committed"
-        await asyncio.sleep(0.01)
-    hit.close()
+    (await committed(store, "/l")).close()
 
 
 async def test_fetch_stops_when_nobody_waits(
@@ -557,8 +560,8 @@ async def test_leader_process_killed_mid_fetch_followers_take_over(
     assert max(r.ended_at or 0 for r in readers) - killed < 1.0
     assert all(r.error is None and bytes(r.data) == body for r in readers)
     assert upstream.counts["k"] == 2  # the dead leader's fetch and one takeover
-    hit = store.lookup("/obj", time.time())
-    assert hit is not None and hit.read() == body
+    hit = await committed(store, "/obj")
+    assert hit.read() == body
     hit.close()
 
 
@@ -574,20 +577,9 @@ def fill(path: Path) -> None:
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs (root only), filled up by the test, unmounted at teardown."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for a real ENOSPC needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def full_disk(tmpfs: Callable[[str], Path]) -> Path:
+    """A real 2 MiB tmpfs (root only), filled up by the test."""
+    return tmpfs("2m")
 
 
 async def test_disk_full_leader_streams_from_memory_and_other_processes_pass_through(

@@ -566,20 +566,9 @@ def test_sweeps_remove_dead_writers_temp_files_and_idle_locks(tmp_path: Path,
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs (root only), unmounted at teardown."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for a real ENOSPC needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def tiny_fs(tmpfs: Callable[[str], Path]) -> Path:
+    """A real 2 MiB tmpfs (root only)."""
+    return tmpfs("2m")
 
 
 def test_disk_full_degrades_once_writes_nothing_and_recovers(
