@@ -298,6 +298,8 @@ def test_purge_by_prefix_with_token(env: Tiers) -> None:
     paths = object_paths(env.store, "sunrise")
     for p, _ in paths:
         get(edge + p)
+    for p, _ in paths:
+        until_hit(edge + p)  # every commit (and prefetch) has landed: nothing re-stores after the purge
     body = json.dumps({"prefix": "/tracks/sunrise/"}).encode()
     req = urllib.request.Request(edge + "/admin/purge", data=body, method="POST")
     with pytest.raises(urllib.error.HTTPError) as denied:
