@@ -131,7 +131,8 @@ def test_ffmpeg_plays_through_edge_and_second_play_is_all_hits(env: Tiers) -> No
                            "-f", "s16le", "-ac", "2", "-ar", "44100", "-"], capture_output=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
     assert 0 <= len(proc.stdout) // 4 - round(doc["metadata"]["duration"] * 44100) < AAC_FRAME
-    time.sleep(0.5)  # the last bodies are committed just after they are sent; a second play comes later
+    for path, _ in object_paths(env.store, "sunrise"):
+        until_hit(edge + path)  # the last bodies are committed just after they are sent; a second play comes later
     for path, digest in object_paths(env.store, "sunrise"):
         status, headers, body = get(edge + path)
         assert status == 200, path
@@ -236,6 +237,7 @@ def test_origin_down_serves_cached_and_fails_fast_for_uncached(env: Tiers) -> No
     cached, _ = object_paths(env.store, "sunrise")[3]
     uncached, _ = object_paths(env.store, "sunrise")[-1]  # regionals do not prefetch
     assert get(regional + cached)[0] == 200
+    until_hit(regional + cached)
     env.origin.stop()
     status, headers, _ = get(regional + cached)
     assert status == 200 and headers["X-Cache"] in ("HIT", "STALE")
