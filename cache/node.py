@@ -62,7 +62,6 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 PURGE_PATH = "/admin/purge"
 CACHEABLE = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.TRACK_JSON, urls.Kind.MEDIA_PLAYLIST,
                        urls.Kind.INIT, urls.Kind.SEGMENT, urls.Kind.LICENSE})
-STREAM_CHUNK = 256 * 1024
 
 
 class NodeMetrics:

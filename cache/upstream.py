@@ -21,13 +21,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import aiohttp
 
 from cache.config import UpstreamConfig
-from cache.health import PeerSet, State
+from cache.health import PeerSet
 from cache.ring import Ring
 
 log = logging.getLogger("legato.upstream")
@@ -242,9 +242,3 @@ class _Transfer:
         self.length: int | None = None
         self.etag: str | None = None
 
-
-def healthy_count(states: Mapping[str, str]) -> int:
-    return sum(s != State.OPEN.value for s in states.values())
-
-
-FetchFn = Callable[[Sink], Awaitable[None]]
