@@ -668,10 +668,10 @@ class Store:
         try:
             for d in (self.directory, self.tmp_dir, self.lock_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            st = os.stat(self.directory)
+            token = _store_id(self.directory)
         except OSError as exc:
             raise StoreError(f"cannot use cache directory {self.directory}: {exc}") from exc
-        self._address = b"\0legato-store-%x-%x" % (st.st_dev, st.st_ino)
+        self._address = b"\0legato-store-" + token.encode()
         self._db_timeout = db_timeout
 
         self._lock = threading.Lock()  # counters and health
@@ -1486,6 +1486,30 @@ class _Manager:
 
     def close(self) -> None:
         self.rx.close()
+
+
+def _store_id(directory: Path) -> str:
+    """The random id of a cache directory (``DIR/store.id``), made by whoever opens it first.
+
+    It names the manager's abstract socket.  Naming it after the directory's
+    device and inode was wrong: a directory deleted and made again can get the
+    same inode while a process that used the old one still listens, and the two
+    stores' policies would then share events.
+    """
+    path = directory / "store.id"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        for _ in range(200):  # another worker is writing it right now
+            token = path.read_text().strip()
+            if token:
+                return token
+            time.sleep(0.005)
+        raise OSError(errno.EIO, f"{path} stays empty") from None
+    token = os.urandom(12).hex()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    return token
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:
