@@ -7,6 +7,7 @@ Layout of a cache directory ``DIR`` (one per node, on SSD)::
     DIR/tmp/<pid>-<n>.part       bodies being received (same filesystem: renamed into place)
     DIR/locks/<hash>.*           per-key fetch locks and sidecars (``cache.coalesce``)
     DIR/manager.lock             held by the worker that runs the eviction policy
+    DIR/store.id                 random id naming the manager's socket
 
 **One row per object.**  The index row holds the body's file name and, in
 diskcache's ``tag`` column, the ``Meta`` record (head, size, xxh3).  The row is
