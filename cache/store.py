@@ -46,8 +46,8 @@ elected among the workers, so ``legato.server`` needs no extra process and a
 single-worker node works the same).  Every worker appends ``hit``/``insert``/
 ``delete`` events to an in-memory deque (a few hundred nanoseconds on the
 request path) and a background thread ships them in batches every 20 ms as
-datagrams to the manager's Unix socket (abstract namespace, named after the
-directory's device and inode).  The manager's thread applies them to the
+datagrams to the manager's Unix socket (abstract namespace, named by the
+random id in ``DIR/store.id``).  The manager's thread applies them to the
 policy and deletes the victims from the index.  Lost events are tolerated: a
 datagram that does not fit the receiver's queue is dropped and counted; lost
 hits only blur the ranking, a lost insert is caught by the manager's scan of
