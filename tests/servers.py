@@ -118,3 +118,22 @@ def run_origin(store: Path, *extra_args: str, workers: int = 1) -> Iterator[str]
     """Base URL (``http://127.0.0.1:PORT``) of an origin serving ``store``."""
     with origin_process(store, *extra_args, workers=workers) as node:
         yield node.url
+
+
+def child_process_args(test_file: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and env running ``_child(argv)`` of the test module ``test_file`` in a fresh interpreter.
+
+    Used by the cross-process store and coalescer tests; the child starts without
+    the parent's Prometheus multiprocess directory.
+    """
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('_legato_test_child', {test_file!r})\n"
+        "mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "mod._child(sys.argv[1:])\n"
+    )
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tests.parent), str(tests)))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return [sys.executable, "-c", code, *args], env

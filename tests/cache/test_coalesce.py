@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 import xxhash
 from aiohttp import web
+from servers import child_process_args
 
 from cache.coalesce import (
     CoalesceError,
@@ -250,17 +251,9 @@ class Child:
 
     @classmethod
     async def start(cls, directory: Path, url: str, n: int) -> Child:
-        code = (
-            "import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('_coalesce_child', {str(Path(__file__))!r})\n"
-            "mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(mod)\n"
-            "mod._child(sys.argv[1:])\n"
-        )
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        argv, env = child_process_args(str(Path(__file__)), str(directory), url, str(n))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, str(directory), url, str(n), cwd=REPO, env=env,
+            *argv, cwd=REPO, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         child = cls(proc)
         assert await child.expect("ready") == {"ready": True}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import diskcache
 import pytest
+from servers import child_process_args
 
 from cache.meta import ResponseHead
 from cache.policy import POLICIES
@@ -128,16 +129,8 @@ def _child(argv: list[str]) -> None:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('_store_child', {str(Path(__file__))!r})\n"
-        "mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(mod)\n"
-        "mod._child(sys.argv[1:])\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+    argv, env = child_process_args(str(Path(__file__)), *args)
+    return subprocess.Popen(argv, cwd=REPO, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
