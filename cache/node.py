@@ -267,6 +267,8 @@ class Node:
             return self.metrics_response(request)
         if route.kind is urls.Kind.HEALTHZ:
             return self.healthz(request)
+        if not route.kind.is_store_object:  # keys and licences are never cached
+            return self.error(request, 404, "keys and licences are not served by this node")
         return await self.serve(request, route)
 
     async def serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:

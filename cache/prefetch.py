@@ -38,7 +38,7 @@ def next_segments(route: urls.Route, k: int, last: int | None) -> list[str]:
     assert route.kind is urls.Kind.SEGMENT and route.segment is not None
     assert route.track is not None and route.rendition is not None
     end = route.segment + k if last is None else min(route.segment + k, last)
-    return [urls.segment_path(route.track, route.rendition, n) for n in range(route.segment + 1, end + 1)]
+    return [urls.segment_path(route.track, route.rendition, n, route.scheme) for n in range(route.segment + 1, end + 1)]
 
 
 class Prefetcher:
@@ -61,7 +61,7 @@ class Prefetcher:
         self._clock = clock
         self._recent: OrderedDict[str, float] = OrderedDict()  # asked for prefetch recently
         self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()  # prefetched, unused: (when, bytes)
-        self._last: dict[tuple[str, str], int | None] = {}
+        self._last: dict[str, int | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def requested(self, path: str) -> None:
@@ -88,9 +88,9 @@ class Prefetcher:
 
     def _last_segment(self, route: urls.Route) -> int | None:
         assert route.track is not None and route.rendition is not None
-        key = (route.track, route.rendition)
+        key = route.rendition_dir
         if key not in self._last or self._last[key] is None:
-            body = self._playlist(urls.rendition_path(route.track, route.rendition, "index.m3u8"))
+            body = self._playlist(urls.rendition_path(route.track, route.rendition, "index.m3u8", route.scheme))
             self._last[key] = last_segment(body) if body is not None else None
             if len(self._last) > 4096:
                 self._last.pop(next(iter(self._last)))

@@ -51,6 +51,8 @@ CONTENT_TYPES: Mapping[Kind, str] = {
     Kind.SEGMENT: "audio/mp4",
     Kind.TRACK_JSON: "application/json",
     Kind.LICENSE: "application/json",
+    Kind.KEY: "application/octet-stream",
+    Kind.CLEARKEY: "application/json",
     Kind.HEALTHZ: "application/json",
     Kind.METRICS: "text/plain; version=0.0.4; charset=utf-8",
 }

@@ -12,10 +12,20 @@ path                                                  ``Kind``
 ``/tracks/{track}/{rendition}/index.m3u8``            ``MEDIA_PLAYLIST``
 ``/tracks/{track}/{rendition}/init.mp4``              ``INIT``
 ``/tracks/{track}/{rendition}/seg-{n:05d}.m4s``       ``SEGMENT``
+``/tracks/{track}/{scheme}/{rendition}/…``            the three above, protected
 ``/licenses/{track}.json``                            ``LICENSE``
+``/keys/{kid}``                                       ``KEY``
+``/license/clearkey``                                 ``CLEARKEY``
 ``/metrics``                                          ``METRICS``
 ``/healthz``                                          ``HEALTHZ``
 ====================================================  ===================
+
+Protected renditions live one level down, under their protection scheme
+(``SCHEMES``: ``hls-aes128`` for HLS whole-segment AES-128, ``cenc`` for
+Common Encryption used by DASH), because one track carries both and their
+segments differ byte for byte; ``Route.scheme`` is ``None`` for clear ones.
+Scheme names are therefore never rendition ids.  ``{kid}`` is a key id as 32
+lowercase hex digits; keys and licences are never store objects.
 
 Store objects live on disk at exactly their URL path below the store root
 (``STORE/tracks/...``, ``STORE/licenses/...``), so ``Route.relpath`` is both the
@@ -50,6 +60,12 @@ TRACK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RENDITION_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 """A rendition id such as ``aac-160k`` or ``flac`` (use with ``fullmatch``)."""
 
+KID_RE = re.compile(r"[0-9a-f]{32}")
+"""A key id (KID) as 32 lowercase hex digits (use with ``fullmatch``)."""
+
+SCHEMES = ("hls-aes128", "cenc")
+"""Protection schemes, each a directory level above its renditions."""
+
 SEGMENT_NAME_RE = re.compile(r"seg-([0-9]{5,10})\.m4s")
 """A media segment file name; the number must also be canonical (see above)."""
 
@@ -74,13 +90,15 @@ class Kind(enum.Enum):
     INIT = "init"
     SEGMENT = "segment"
     LICENSE = "license"
+    KEY = "key"
+    CLEARKEY = "clearkey"
     METRICS = "metrics"
     HEALTHZ = "healthz"
 
     @property
     def is_store_object(self) -> bool:
-        """True for kinds served from the store (everything but /metrics, /healthz)."""
-        return self not in (Kind.METRICS, Kind.HEALTHZ)
+        """True for kinds served from the store (not keys, licences, /metrics, /healthz)."""
+        return self not in (Kind.METRICS, Kind.HEALTHZ, Kind.KEY, Kind.CLEARKEY)
 
 
 class BadPath(ValueError):
@@ -101,11 +119,22 @@ class Route:
     track: str | None = None
     rendition: str | None = None
     segment: int | None = None
+    scheme: str | None = None
+    kid: str | None = None
 
     @property
     def path(self) -> str:
         """The canonical URL path of this route."""
+        if self.kind is Kind.KEY:
+            return f"/keys/{self.kid}"
         return "/" + self.relpath if self.kind.is_store_object else _FIXED_PATHS[self.kind]
+
+    @property
+    def rendition_dir(self) -> str:
+        """``tracks/{track}/[{scheme}/]{rendition}``: the directory of a rendition's files."""
+        if self.scheme is None:
+            return f"tracks/{self.track}/{self.rendition}"
+        return f"tracks/{self.track}/{self.scheme}/{self.rendition}"
 
     @property
     def relpath(self) -> str:
@@ -116,9 +145,9 @@ class Route:
         """
         kind = self.kind
         if kind is Kind.SEGMENT:
-            return f"tracks/{self.track}/{self.rendition}/{segment_name(self.segment or 0)}"
+            return f"{self.rendition_dir}/{segment_name(self.segment or 0)}"
         if kind in _RENDITION_FILES:
-            return f"tracks/{self.track}/{self.rendition}/{_RENDITION_FILES[kind]}"
+            return f"{self.rendition_dir}/{_RENDITION_FILES[kind]}"
         if kind in _TRACK_FILES:
             return f"tracks/{self.track}/{_TRACK_FILES[kind]}"
         if kind is Kind.LICENSE:
@@ -130,7 +159,7 @@ _TRACK_FILES = {Kind.MASTER: "master.m3u8", Kind.MPD: "manifest.mpd", Kind.TRACK
 _TRACK_FILE_KINDS = {name: kind for kind, name in _TRACK_FILES.items()}
 _RENDITION_FILES = {Kind.MEDIA_PLAYLIST: "index.m3u8", Kind.INIT: "init.mp4"}
 _RENDITION_FILE_KINDS = {name: kind for kind, name in _RENDITION_FILES.items()}
-_FIXED_PATHS = {Kind.METRICS: "/metrics", Kind.HEALTHZ: "/healthz"}
+_FIXED_PATHS = {Kind.METRICS: "/metrics", Kind.HEALTHZ: "/healthz", Kind.CLEARKEY: "/license/clearkey"}
 _FIXED_KINDS = {path: kind for kind, path in _FIXED_PATHS.items()}
 
 
@@ -146,7 +175,8 @@ def is_track_id(value: str) -> bool:
 
 
 def is_rendition_id(value: str) -> bool:
-    return RENDITION_ID_RE.fullmatch(value) is not None
+    """A rendition id; scheme names (``SCHEMES``) are reserved and never are."""
+    return RENDITION_ID_RE.fullmatch(value) is not None and value not in SCHEMES
 
 
 def _decode(raw: str) -> str:
@@ -206,6 +236,11 @@ def _match(parts: list[str]) -> Route | None:
     if len(parts) == 1:
         kind = _FIXED_KINDS.get("/" + parts[0])
         return Route(kind) if kind else None
+    if len(parts) == 2 and parts[0] == "keys":
+        return Route(Kind.KEY, kid=parts[1]) if KID_RE.fullmatch(parts[1]) else None
+    if len(parts) == 2 and parts[0] == "license":
+        kind = _FIXED_KINDS.get("/" + "/".join(parts))
+        return Route(kind) if kind else None
     if len(parts) == 2 and parts[0] == "licenses":
         stem, dot, ext = parts[1].rpartition(".")
         if dot and ext == "json" and is_track_id(stem):
@@ -217,16 +252,19 @@ def _match(parts: list[str]) -> Route | None:
     if len(parts) == 3:
         kind = _TRACK_FILE_KINDS.get(parts[2])
         return Route(kind, track=track) if kind else None
+    scheme = None
+    if len(parts) == 5 and parts[2] in SCHEMES:
+        scheme = parts.pop(2)
     if len(parts) == 4 and is_rendition_id(parts[2]):
         rendition, name = parts[2], parts[3]
         kind = _RENDITION_FILE_KINDS.get(name)
         if kind:
-            return Route(kind, track=track, rendition=rendition)
+            return Route(kind, track=track, rendition=rendition, scheme=scheme)
         m = SEGMENT_NAME_RE.fullmatch(name)
         if m:
             n = int(m.group(1))
             if n >= 1 and segment_name(n) == name:
-                return Route(Kind.SEGMENT, track=track, rendition=rendition, segment=n)
+                return Route(Kind.SEGMENT, track=track, rendition=rendition, segment=n, scheme=scheme)
     return None
 
 
@@ -238,19 +276,33 @@ def track_path(track: str, name: str) -> str:
     return Route(kind, track=track).path
 
 
-def rendition_path(track: str, rendition: str, name: str) -> str:
-    """URL path of a rendition file (``index.m3u8``, ``init.mp4``)."""
+def _check_scheme(scheme: str | None) -> None:
+    if scheme is not None and scheme not in SCHEMES:
+        raise ValueError(f"unknown protection scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+
+
+def rendition_path(track: str, rendition: str, name: str, scheme: str | None = None) -> str:
+    """URL path of a rendition file (``index.m3u8``, ``init.mp4``), clear or under ``scheme``."""
     kind = _RENDITION_FILE_KINDS.get(name)
     if kind is None or not is_track_id(track) or not is_rendition_id(rendition):
         raise ValueError(f"not a rendition file: {track!r}/{rendition!r}/{name!r}")
-    return Route(kind, track=track, rendition=rendition).path
+    _check_scheme(scheme)
+    return Route(kind, track=track, rendition=rendition, scheme=scheme).path
 
 
-def segment_path(track: str, rendition: str, n: int) -> str:
-    """URL path of media segment ``n`` of a rendition."""
+def segment_path(track: str, rendition: str, n: int, scheme: str | None = None) -> str:
+    """URL path of media segment ``n`` of a rendition, clear or under ``scheme``."""
     if not is_track_id(track) or not is_rendition_id(rendition):
         raise ValueError(f"bad track or rendition id: {track!r}/{rendition!r}")
-    return Route(Kind.SEGMENT, track=track, rendition=rendition, segment=n).path
+    _check_scheme(scheme)
+    return Route(Kind.SEGMENT, track=track, rendition=rendition, segment=n, scheme=scheme).path
+
+
+def key_path(kid: str) -> str:
+    """URL path of the HLS AES-128 key with id ``kid`` (32 lowercase hex digits)."""
+    if not KID_RE.fullmatch(kid):
+        raise ValueError(f"bad key id: {kid!r}")
+    return f"/keys/{kid}"
 
 
 def license_path(track: str) -> str:

@@ -107,6 +107,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return metrics(request)
     if route.kind is urls.Kind.HEALTHZ:
         return healthz(request)
+    if not route.kind.is_store_object:  # keys and licences: the key service (drm issue) answers these
+        return error(request, 404, "no key service on this origin")
     return await serve_object(request, route)
 
 

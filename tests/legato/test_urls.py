@@ -134,5 +134,40 @@ def test_hostile_paths_raise_bad_path(path: str, reason: str) -> None:
 
 
 def test_kind_flags() -> None:
-    assert not Kind.METRICS.is_store_object and not Kind.HEALTHZ.is_store_object
-    assert all(k.is_store_object for k in Kind if k not in (Kind.METRICS, Kind.HEALTHZ))
+    served_elsewhere = (Kind.METRICS, Kind.HEALTHZ, Kind.KEY, Kind.CLEARKEY)
+    assert not any(k.is_store_object for k in served_elsewhere)
+    assert all(k.is_store_object for k in Kind if k not in served_elsewhere)
+
+
+@pytest.mark.parametrize(("path", "route"), [
+    ("/tracks/sunrise/cenc/aac-96k/seg-00002.m4s", Route(Kind.SEGMENT, "sunrise", "aac-96k", 2, scheme="cenc")),
+    ("/tracks/sunrise/hls-aes128/flac/index.m3u8", Route(Kind.MEDIA_PLAYLIST, "sunrise", "flac", scheme="hls-aes128")),
+    ("/tracks/sunrise/cenc/flac/init.mp4", Route(Kind.INIT, "sunrise", "flac", scheme="cenc")),
+    ("/keys/0123456789abcdef0123456789abcdef", Route(Kind.KEY, kid="0123456789abcdef0123456789abcdef")),
+    ("/license/clearkey", Route(Kind.CLEARKEY)),
+])
+def test_protected_and_key_routes_round_trip(path: str, route: Route) -> None:
+    assert urls.parse(path) == route
+    assert route.path == path
+
+
+@pytest.mark.parametrize("path", [
+    "/tracks/sunrise/cenc/init.mp4",  # a scheme is never a rendition
+    "/tracks/sunrise/hls-aes128/index.m3u8",
+    "/tracks/sunrise/other/aac-96k/init.mp4",  # unknown scheme
+    "/tracks/sunrise/cenc/cenc/init.mp4",
+    "/keys/0123456789ABCDEF0123456789ABCDEF",  # kids are lowercase hex
+    "/keys/0123",
+    "/license/widevine",
+])
+def test_protected_and_key_lookalikes_are_not_found(path: str) -> None:
+    assert urls.parse(path) is None
+
+
+def test_scheme_paths_are_built_and_checked() -> None:
+    assert urls.segment_path("t", "flac", 3, "cenc") == "/tracks/t/cenc/flac/seg-00003.m4s"
+    assert urls.rendition_path("t", "flac", "init.mp4", "hls-aes128") == "/tracks/t/hls-aes128/flac/init.mp4"
+    with pytest.raises(ValueError):
+        urls.segment_path("t", "flac", 3, "widevine")
+    with pytest.raises(ValueError):
+        urls.key_path("nothex")
