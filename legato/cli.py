@@ -23,6 +23,11 @@ SUBCOMMANDS = {
     "edge": ("edge.cli", "run an edge cache node"),
     "up": ("legato.topology:register_up", "start a local topology (origin, regionals, edges) from a TOML file"),
     "purge": ("legato.topology:register_purge", "purge a path or prefix from every cache node of a topology"),
+    "keys": ("drm.cli:register_keys", "show content key ids, rotate the key store's master key"),
+    "token": ("drm.cli:register_token", "issue and verify short-lived session tokens"),
+    "license": ("geo.cli", "set and import per-territory licence records"),
+    "director": ("edge.director", "run the director: sticky 302 redirects of sessions to edges"),
+    "bench": ("bench.cli", "traces, cache simulation, live load and capacity planning"),
     "demo": ("legato.demo", "generate, package, serve and verify sample tracks"),
 }
 
