@@ -19,6 +19,20 @@ one ``Coalescer``, one ``Upstream`` (peers, health, retries), one
    arrives, and are committed to the store when complete and storable;
 5. **prefetch**: a segment request schedules the next k segments.
 
+Keys and licences (``/keys/{kid}``, ``/license/clearkey``) are never
+stored: after the gates, ``forward`` passes them (query string and a small
+POST body included) to an upstream peer through the same peer order,
+breakers and deadline as a fetch, and relays the answer (``X-Cache: PASS``).
+
+Hooks (generic: the node knows nothing of tokens or territories; the edge
+installs them, see edge/app.py): gates (``Gate``) run in order after routing and
+before lookup for GET/HEAD/POST of their kinds, and may answer instead (a
+refusal); rewriters (``Rewriter``) change a 200 body of their kinds per request at
+send time (the stored copy is untouched; a changed body goes out as a full
+representation with its own ETag and ``Cache-Control: private, no-store``).
+Kinds any hook covers are never answered by the fast path.  Gates may read
+cacheable objects through the engine with ``await node.fetch_bytes(path)``.
+
 Every response carries ``X-Cache``, ``Age`` and ``Via``.  Cached responses
 are shaped by cache.respond (Range, conditionals, CORS), the one place that
 does so for both the fast path and aiohttp.
@@ -34,10 +48,11 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import xxhash
 from aiohttp import hdrs, web
 
 from cache import freshness as fr
@@ -47,7 +62,7 @@ from cache.meta import Meta, ResponseHead
 from cache.prefetch import Prefetcher
 from cache.respond import Cached, Reply, respond
 from cache.store import Hit, Store
-from cache.upstream import Sink, Upstream, UpstreamError
+from cache.upstream import HOP_BY_HOP, Sink, Upstream, UpstreamError
 from legato import __version__, urls
 from legato import http as h
 from legato.logs import KIND_KEY, Observer, RequestMetrics, begin, render_metrics
@@ -62,6 +77,45 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 PURGE_PATH = "/admin/purge"
 CACHEABLE = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.TRACK_JSON, urls.Kind.MEDIA_PLAYLIST,
                        urls.Kind.INIT, urls.Kind.SEGMENT, urls.Kind.LICENSE})
+FORWARDED = frozenset({urls.Kind.KEY, urls.Kind.CLEARKEY})
+"""Kinds passed through to upstream and never stored."""
+FORWARD_METHODS = (hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_POST)
+FORWARD_ALLOW = "GET, HEAD, POST, OPTIONS"
+MAX_FORWARD_BODY = 4096
+"""Bytes a forwarded request body may have (an EME ClearKey licence request is ~100)."""
+MAX_FORWARD_ANSWER = 64 * 1024
+"""Bytes a forwarded answer may have (a key is 16, a JWK set for a few KIDs < 1 KiB)."""
+FORWARD_REQUEST_FIELDS = ("Content-Type", "Accept", "User-Agent")
+"""Request fields passed upstream with a forwarded request (X-Forwarded-For is added)."""
+FORWARD_DROPPED = frozenset({"server", "date", "via", "vary", "cache-control", "age", "x-cache", "set-cookie"})
+"""Fields of a forwarded answer this node replaces (HOP_BY_HOP and Access-Control-* go too)."""
+
+
+class Gate(Protocol):
+    """A check run before lookup for GET/HEAD/POST requests of ``kinds`` (e.g. edge/gates.py).
+
+    ``check`` returns None to let the request through, or the response to
+    send instead (a refusal, sent as is).  Gates run in the order installed;
+    the first refusal wins.
+    """
+
+    @property
+    def kinds(self) -> frozenset[urls.Kind]: ...
+
+    async def check(self, request: web.Request, route: urls.Route, node: Node) -> web.StreamResponse | None: ...
+
+
+class Rewriter(Protocol):
+    """A per-request change of a 200 body of ``kinds``, applied at send time.
+
+    ``rewrite`` is pure and returns ``body`` itself (or equal bytes) when it
+    has nothing to change; the stored copy is never touched.
+    """
+
+    @property
+    def kinds(self) -> frozenset[urls.Kind]: ...
+
+    def rewrite(self, request: web.Request, route: urls.Route, body: bytes) -> bytes: ...
 
 
 class NodeMetrics:
@@ -147,6 +201,18 @@ class Node:
         self._entries: OrderedDict[tuple[str, str, float], _Entry] = OrderedDict()
         self._revalidating: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.gates: tuple[Gate, ...] = ()
+        self.rewriters: tuple[Rewriter, ...] = ()
+        self._gates: dict[urls.Kind, tuple[Gate, ...]] = {}
+        self._rewriters: dict[urls.Kind, tuple[Rewriter, ...]] = {}
+        self._fast_kinds = CACHEABLE
+
+    def install(self, gates: Sequence[Gate] = (), rewriters: Sequence[Rewriter] = ()) -> None:
+        """Put the request hooks in place (replacing earlier ones; also on reload)."""
+        self.gates, self.rewriters = tuple(gates), tuple(rewriters)
+        self._gates = {k: tuple(g for g in self.gates if k in g.kinds) for k in urls.Kind}
+        self._rewriters = {k: tuple(r for r in self.rewriters if k in r.kinds) for k in urls.Kind}
+        self._fast_kinds = frozenset(k for k in CACHEABLE if not self._gates[k] and not self._rewriters[k])
 
     def _make_upstream(self, config: NodeConfig) -> Upstream:
         return Upstream(config.upstream, node=config.name,
@@ -225,7 +291,7 @@ class Node:
             route = urls.parse(target.partition("?")[0])
         except urls.BadPath:
             return None
-        if route is None or route.kind not in CACHEABLE:
+        if route is None or route.kind not in self._fast_kinds:  # gated or rewritten kinds go through aiohttp
             return None
         hit = self.store.lookup(route.path, now)
         if hit is None:
@@ -259,17 +325,118 @@ class Node:
         if route is None:
             return self.error(request, 404, "no such path")
         request[KIND_KEY] = route.kind.value
+        forwarded = route.kind in FORWARDED
         if request.method == hdrs.METH_OPTIONS:
-            return web_options(request, self.origins)
-        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-            return self.error(request, 405, f"{request.method} not allowed; use GET or HEAD", Allow=ALLOW)
+            return self.options(request, forwarded)
+        if request.method not in (FORWARD_METHODS if forwarded else (hdrs.METH_GET, hdrs.METH_HEAD)):
+            allow = FORWARD_ALLOW if forwarded else ALLOW
+            return self.error(request, 405, f"{request.method} not allowed; use {allow.rpartition(',')[0]}",
+                              Allow=allow)
         if route.kind is urls.Kind.METRICS:
             return self.metrics_response(request)
         if route.kind is urls.Kind.HEALTHZ:
             return self.healthz(request)
-        if not route.kind.is_store_object:  # keys and licences are never cached
-            return self.error(request, 404, "keys and licences are not served by this node")
+        for gate in self._gates.get(route.kind, ()):
+            try:
+                refusal = await gate.check(request, route, self)
+            except Exception:  # a broken gate fails closed, with the trace in the log
+                log.exception("gate %s failed on %s", type(gate).__name__, route.path)
+                return self.error(request, 500, "request check failed")
+            if refusal is not None:
+                return refusal
+        if forwarded:  # keys and licences are never cached
+            return await self.forward(request, route)
         return await self.serve(request, route)
+
+    def options(self, request: web.Request, forwarded: bool) -> web.Response:
+        """CORS preflight; keys and licences also take POST with a Content-Type (EME licence requests)."""
+        resp = web_options(request, self.origins, FORWARD_ALLOW if forwarded else ALLOW)
+        if forwarded and "Access-Control-Allow-Methods" in resp.headers:
+            resp.headers["Access-Control-Allow-Methods"] = FORWARD_ALLOW
+            resp.headers["Access-Control-Allow-Headers"] += ", Content-Type"
+        return resp
+
+    # --- forwarding (keys, licences) -----------------------------------------------
+    async def forward(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
+        """Pass a key or licence request to upstream with its query string; relay the answer, store nothing."""
+        body = b""
+        if request.method == hdrs.METH_POST:
+            if (request.content_length or 0) > MAX_FORWARD_BODY:
+                return self.error(request, 413, f"request body over {MAX_FORWARD_BODY} bytes")
+            body = await request.content.read(MAX_FORWARD_BODY + 1)
+            if len(body) > MAX_FORWARD_BODY:
+                return self.error(request, 413, f"request body over {MAX_FORWARD_BODY} bytes")
+        headers = {k: request.headers[k] for k in FORWARD_REQUEST_FIELDS if k in request.headers}
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        query = request.rel_url.raw_query_string
+        target = route.path + (f"?{query}" if query else "")
+        try:
+            answer = await self.upstream.forward(request.method, target, route.path, headers, body,
+                                                 max_body=MAX_FORWARD_ANSWER)
+        except UpstreamError as exc:
+            return self.error(request, exc.status if exc.status in (502, 503, 504) else 502, exc.reason)
+        resp = web.Response(status=answer.status, body=answer.body or None)
+        via = []
+        for name, value in answer.headers:
+            key = name.lower()
+            if key == "via":
+                via.append(value)
+            elif key not in HOP_BY_HOP and key not in FORWARD_DROPPED and not key.startswith("access-control-"):
+                resp.headers.add(name, value)
+        resp.headers.update(base_headers(request, self.origins))
+        resp.headers.update({"Cache-Control": "no-store", "X-Cache": "PASS",
+                             "Via": ", ".join([*via, f"1.1 {self.config.name}"])})
+        return resp
+
+    # --- reading through the engine (for gates) --------------------------------------
+    async def fetch_bytes(self, path: str) -> bytes | None:
+        """A cacheable object's body: the stored copy if fresh, else a coalesced fetch that stores it.
+
+        None when upstream says 404 (or 410).  A stale copy is used under
+        stale-while-revalidate and, if upstream fails, within stale-if-error.
+        Raises ValueError for a path that is not a cacheable object, and
+        UpstreamError (status 502/503/504) when upstream fails and no stale
+        copy may stand in.
+        """
+        route = urls.parse(path)
+        if route is None or route.kind not in CACHEABLE:
+            raise ValueError(f"{path!r} is not a cacheable object of the URL space")
+        now = self.clock()
+        key = route.path
+        stale: bytes | None = None
+        hit = self.store.lookup(key, now)
+        if hit is not None:
+            with hit:
+                entry = self._entry(hit.meta)
+                verdict = fr.assess(entry.facts, now, [])
+                data = hit.read()
+            if verdict.freshness is fr.Freshness.FRESH:
+                return data
+            if verdict.freshness is fr.Freshness.STALE_WHILE_REVALIDATE:
+                self._revalidate_later(route)
+                return data
+            if verdict.freshness is fr.Freshness.STALE_IF_ERROR_ONLY:
+                stale = data
+            self.store.delete(key)
+        try:
+            flight = await self.coalescer.get(key, self._fetcher(route, None))
+            async with flight:
+                head = await flight.head()
+                data = await flight.read()
+        except (CoalesceError, UpstreamError) as exc:
+            if stale is not None:
+                return stale
+            status = getattr(exc, "status", 502)
+            raise UpstreamError(status if status in (502, 503, 504) else 502, _reason(exc)) from None
+        if head.status == 200:
+            return data
+        if head.status in (404, 410):
+            return None
+        if stale is not None:
+            return stale
+        raise UpstreamError(502, f"upstream answered {head.status} for {key}")
 
     async def serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
         key = route.path
@@ -289,10 +456,10 @@ class Node:
             entry = self._entry(hit.meta)
             verdict = fr.assess(entry.facts, now, list(request.headers.items()))
             if verdict.freshness is fr.Freshness.FRESH:
-                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "HIT")
+                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "HIT", route)
             if verdict.freshness is fr.Freshness.STALE_WHILE_REVALIDATE:
                 self._revalidate_later(route)
-                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "STALE")
+                return await self.send_hit(request, hit, entry.cached, int(verdict.age), "STALE", route)
             if verdict.freshness is fr.Freshness.STALE_IF_ERROR_ONLY:
                 stale = hit  # keep the open body in case upstream fails
             else:
@@ -302,24 +469,25 @@ class Node:
             flight = await self.coalescer.get(key, self._fetcher(route, request))
         except TooManyWaiters as exc:
             if stale is not None:
-                return await self._serve_stale(request, stale, now)
+                return await self._serve_stale(request, stale, now, route)
             return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
         async with flight:
             try:
                 head = await flight.head()
             except (CoalesceError, UpstreamError) as exc:
                 if stale is not None:
-                    return await self._serve_stale(request, stale, now)
+                    return await self._serve_stale(request, stale, now, route)
                 status = getattr(exc, "status", 502)
                 return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
             if stale is not None:
                 stale.close()
-            return await self.send_flight(request, flight, head, now)
+            return await self.send_flight(request, flight, head, now, route)
 
-    async def _serve_stale(self, request: web.Request, stale: Hit, now: float) -> web.StreamResponse:
+    async def _serve_stale(self, request: web.Request, stale: Hit, now: float,
+                           route: urls.Route) -> web.StreamResponse:
         entry = self._entry(stale.meta)
         age = int(fr.current_age(entry.facts, now))
-        return await self.send_hit(request, stale, entry.cached, age, "STALE")
+        return await self.send_hit(request, stale, entry.cached, age, "STALE", route)
 
     def _revalidate_later(self, route: urls.Route) -> None:
         if route.path in self._revalidating:
@@ -368,13 +536,38 @@ class Node:
         return out
 
     async def send_hit(self, request: web.Request, hit: Hit, cached: Cached, age: int,
-                       x_cache: str) -> web.StreamResponse:
+                       x_cache: str, route: urls.Route | None = None) -> web.StreamResponse:
         """A stored object through aiohttp (the fast path serves most hits before this)."""
         with hit:
+            rewriters = self._rewriters.get(route.kind, ()) if route is not None and cached.status == 200 else ()
+            if rewriters:
+                assert route is not None
+                return await self._send_rewritten(request, route, rewriters, cached, hit.read(), age, x_cache)
             reply = respond(cached, request.method, list(request.headers.items()), self.clock(),
                             self.config.name, age, self.origins)
             data = reply.body or (hit.read(reply.first, reply.length) if reply.length else b"")
         return await self._send(request, reply, x_cache, data)
+
+    async def _send_rewritten(self, request: web.Request, route: urls.Route, rewriters: Sequence[Rewriter],
+                              cached: Cached, body: bytes, age: int, x_cache: str) -> web.StreamResponse:
+        """A whole 200 body after the rewriters; a changed one is its own representation.
+
+        A changed body gets an ETag of its own bytes (so conditionals and
+        Range stay correct for it), no Last-Modified, and ``Cache-Control:
+        private, no-store`` (it is one listener's); an unchanged one is sent
+        exactly as the stored object would be.
+        """
+        new = body
+        for rewriter in rewriters:
+            new = rewriter.rewrite(request, route, new)
+        if new != body:
+            fields = [(k, v) for k, v in cached.headers
+                      if k.lower() not in ("etag", "last-modified", "cache-control", "content-length")]
+            fields += [("ETag", f'"{xxhash.xxh3_64_hexdigest(new)}"'), ("Cache-Control", "private, no-store")]
+            cached = Cached.from_stored(200, fields, len(new), cached.response_time)
+        reply = respond(cached, request.method, list(request.headers.items()), self.clock(),
+                        self.config.name, age, self.origins)
+        return await self._send(request, reply, x_cache, reply.body or new[reply.first:reply.first + reply.length])
 
     async def _send(self, request: web.Request, reply: Reply, x_cache: str, data: bytes) -> web.StreamResponse:
         resp = web.StreamResponse(status=reply.status)
@@ -394,9 +587,21 @@ class Node:
         return resp
 
     async def send_flight(self, request: web.Request, flight: Flight, head: ResponseHead,
-                          now: float) -> web.StreamResponse:
-        """Stream a fetch to the client as it arrives (ranges and conditionals applied)."""
+                          now: float, route: urls.Route | None = None) -> web.StreamResponse:
+        """Stream a fetch to the client as it arrives (ranges and conditionals applied).
+
+        Kinds with rewriters wait for the whole body instead (manifests are small).
+        """
         x_cache = flight.role.value if flight.role is not Role.HIT else "HIT"
+        rewriters = self._rewriters.get(route.kind, ()) if route is not None and head.status == 200 else ()
+        if rewriters:
+            assert route is not None
+            try:
+                body = await flight.read()
+            except (CoalesceError, UpstreamError) as exc:
+                return self.error(request, 502, _reason(exc))
+            cached = Cached.from_stored(head.status, head.headers, len(body), now)
+            return await self._send_rewritten(request, route, rewriters, cached, body, 0, x_cache)
         if head.content_length is not None:
             cached = Cached.from_stored(head.status, head.headers, head.content_length, now)
             reply = respond(cached, request.method, list(request.headers.items()), now, self.config.name, 0,
@@ -524,11 +729,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def create_app(config: NodeConfig, *, role: str, config_file: Path | None = None, args: Any = None,
-               clock: Callable[[], float] = time.time) -> web.Application:
-    """The node's aiohttp app, with the fast path as its socket server (legato.server.SITE)."""
-    app = web.Application(client_max_size=4096)
+               clock: Callable[[], float] = time.time, load_config: Callable[[], NodeConfig] | None = None,
+               configure: Callable[[Node, NodeConfig], None] | None = None) -> web.Application:
+    """The node's aiohttp app, with the fast path as its socket server (legato.server.SITE).
+
+    ``configure(node, config)`` installs hooks (``Node.install``) now and again
+    after every reload; ``load_config()`` re-reads the config on SIGHUP (by
+    default ``cache.cli.load_config(args, role)`` when ``config_file`` is given).
+    """
+    app = web.Application(client_max_size=MAX_FORWARD_BODY)
     node = Node(config, role, clock=clock)
     app[NODE] = node
+    if configure is not None:
+        configure(node, config)
     observers: tuple[Observer, ...] = (node.requests,)
     app[OBSERVERS] = observers
 
@@ -549,15 +762,26 @@ def create_app(config: NodeConfig, *, role: str, config_file: Path | None = None
                            metrics=FastPathMetrics(config.name, node.registry), clock=clock)
 
     app[SITE] = site
-    if config_file is not None and args is not None:
+    if load_config is None and config_file is not None and args is not None:
+        def load_config() -> NodeConfig:
+            from cache.cli import load_config as load
+
+            return load(args, role)
+
+    if load_config is not None:
+        loader = load_config
+
         async def reload() -> None:
-            from cache.cli import load_config
             from legato.config import ConfigError
 
             try:
-                await node.reload(load_config(args, role))
+                new = loader()
+                if configure is not None:
+                    configure(node, new)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
+                return
+            await node.reload(new)
 
         app[RELOAD] = reload
     return app

@@ -21,8 +21,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -64,6 +65,16 @@ class _PeerFailed(Exception):
 
 
 Observe = Callable[[str, str, float], None]  # (peer, outcome, seconds)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A peer's whole answer to a forwarded request (``Upstream.forward``)."""
+
+    status: int
+    headers: list[tuple[str, str]]  # end-to-end fields as received
+    body: bytes
 
 
 class Upstream:
@@ -122,8 +133,26 @@ class Upstream:
         Raises UpstreamError (502 when peers failed, 504 when the deadline
         passed) if no peer could deliver; ``sink`` may then hold a partial body.
         """
-        deadline = self.clock() + self.config.deadline
         state = _Transfer()
+        await self._each_peer(path, ring_key, lambda peer: self._attempt(peer, path, sink, headers or {}, state))
+
+    async def forward(self, method: str, target: str, ring_key: str, headers: Mapping[str, str],
+                      body: bytes = b"", *, max_body: int = 64 * 1024) -> Forwarded:
+        """Pass one small request through to a peer and return its whole answer (keys, licences).
+
+        ``target`` is the path with its query string, sent as is.  Nothing is
+        stored and nothing is resumed: peers are tried in order on connect
+        errors, 5xx and timeouts, within the same deadline and breakers as
+        ``fetch``; any other answer (200, 401, 403, 404, 429...) is the
+        answer.  A body over ``max_body`` bytes counts as a peer failure.
+        Raises UpstreamError (502/504) when no peer answered.
+        """
+        return await self._each_peer(target.partition("?")[0], ring_key,
+                                     lambda peer: self._exchange(peer, method, target, headers, body, max_body))
+
+    async def _each_peer(self, path: str, ring_key: str, attempt: Callable[[str], Awaitable[T]]) -> T:
+        """Run ``attempt(peer)`` on peers in ring order until one succeeds, within the deadline."""
+        deadline = self.clock() + self.config.deadline
         reasons: list[str] = []
         timeouts = 0
         tried: set[str] = set()
@@ -139,7 +168,7 @@ class Upstream:
             self.peers.loads[peer] += 1
             t0 = self.clock()
             try:
-                await asyncio.wait_for(self._attempt(peer, path, sink, headers or {}, state), remaining)
+                result = await asyncio.wait_for(attempt(peer), remaining)
             except _PeerFailed as exc:
                 self.peers.breakers[peer].failure(self.clock(), definitive=exc.definitive)
                 self.observe(peer, "failure", self.clock() - t0)
@@ -155,9 +184,44 @@ class Upstream:
                 self.peers.loads[peer] -= 1
             self.peers.breakers[peer].success()
             self.observe(peer, "success", self.clock() - t0)
-            return
+            return result
         status = 504 if reasons and timeouts == len(reasons) else 502  # RFC 9110 §15.6.5: nobody answered in time
         raise UpstreamError(status, "no upstream peer could serve it: " + ("; ".join(reasons) or "all peers are down"))
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
+                                     sock_read=self.config.read_timeout)
+
+    async def _exchange(self, peer: str, method: str, target: str, headers: Mapping[str, str], body: bytes,
+                        max_body: int) -> Forwarded:
+        request_headers = dict(headers)
+        request_headers["Via"] = f"1.1 {self.node}"
+        try:
+            request = self.session.request(method, peer + target, headers=request_headers, data=body or None,
+                                           timeout=self._timeout(), allow_redirects=False)
+            try:
+                resp = await asyncio.wait_for(request, self.config.first_byte_timeout)
+            except TimeoutError:
+                raise _PeerFailed(f"no response within {self.config.first_byte_timeout:g} s", timeout=True) from None
+            async with resp:
+                if resp.status >= 500:
+                    raise _PeerFailed(f"answered {resp.status}")
+                if (resp.content_length or 0) > max_body:
+                    raise _PeerFailed(f"answer of {resp.content_length} bytes is over {max_body}")
+                data = await resp.content.read(max_body + 1)
+                if len(data) > max_body or not resp.content.at_eof():
+                    raise _PeerFailed(f"answer is over {max_body} bytes")
+                raw = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
+                kept = [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]
+                return Forwarded(resp.status, kept, data)
+        except _PeerFailed:
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            raise _PeerFailed(f"cannot connect ({exc.os_error.strerror or exc})", definitive=True) from None
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise _PeerFailed(f"stalled ({type(exc).__name__})", timeout=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _PeerFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
     async def _attempt(self, peer: str, path: str, sink: Sink, headers: Mapping[str, str], t: _Transfer) -> None:
         request_headers = {k: v for k, v in headers.items() if k in FORWARDED}
@@ -167,10 +231,9 @@ class Upstream:
                 raise _PeerFailed("transfer broke and cannot be resumed (no ETag or length)")
             request_headers["Range"] = f"bytes={t.written}-"
             request_headers["If-Range"] = t.etag
-        timeout = aiohttp.ClientTimeout(connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
-                                        sock_read=self.config.read_timeout)
         try:
-            request = self.session.get(peer + path, headers=request_headers, timeout=timeout, allow_redirects=False)
+            request = self.session.get(peer + path, headers=request_headers, timeout=self._timeout(),
+                                       allow_redirects=False)
             try:
                 resp = await asyncio.wait_for(request, self.config.first_byte_timeout)
             except TimeoutError:
