@@ -10,6 +10,7 @@ failing later at request time.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import tomllib
 import types
@@ -27,7 +28,9 @@ class ConfigError(ValueError):
 def setting(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and its one-line help."""
     if isinstance(default, (list, dict, set)):
-        raise TypeError("use a tuple default for sequences")
+        raise TypeError("use a tuple default for sequences, a types.MappingProxyType for tables")
+    if isinstance(default, types.MappingProxyType):  # read-only, but unhashable: dataclasses want a factory
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kw})
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
@@ -59,6 +62,12 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}")
+    if origin in (dict, collections.abc.Mapping):
+        # a table of NAME = value (e.g. signing key id -> PEM file), read-only once loaded
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return types.MappingProxyType({k: _convert(item, v, f"{path}.{k}") for k, v in value.items()})
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected an array, got {type(value).__name__}")
@@ -141,5 +150,6 @@ def describe(cls: type, _prefix: str = "") -> list[tuple[str, str, Any]]:
             if isinstance(sub, type) and dataclasses.is_dataclass(sub):
                 rows += describe(sub, path + ".")
                 continue
-        rows.append((path, f.metadata.get("help", ""), f.default))
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        rows.append((path, f.metadata.get("help", ""), default))
     return rows
