@@ -1,10 +1,13 @@
-"""A local topology (origin -> regionals -> edges) from one TOML file:
-`legato up` starts it, `legato purge` fans a purge out to its cache nodes.
+"""A local topology (origin -> regionals -> edges, and a director) from one
+TOML file: `legato up` starts it, `legato purge` fans a purge out to its cache
+nodes.
 
 Every node is a real `legato` process on 127.0.0.1.  Nodes are started in
 tier order (origin, then regionals pointing at the origin, then edges
-pointing at every regional) so each knows its upstream's actual URL, which
-also makes port 0 usable.  Each node's stderr goes to ``LOGS/NAME.log``; the
+pointing at every regional, then the director pointing at every edge) so each
+knows its upstream's actual URL, which also makes port 0 usable.  A node's
+``config`` names its own TOML file (keys, tokens, geo...); the topology's
+flags (listen, upstreams, cache) override it.  Each node's stderr goes to ``LOGS/NAME.log``; the
 URLs of a running topology are written to ``STATE/topology.json`` for
 `legato purge` and for tests.
 """
@@ -39,6 +42,7 @@ class OriginNode:
     listen: str = setting("127.0.0.1:8080", "HOST:PORT (port 0: any free port)")
     store: Path = setting(Path("store"), "store directory written by `legato package`")  # noqa: RUF009
     workers: int = setting(1, "worker processes")
+    config: Path = setting(Path(""), "the node's own TOML file (e.g. its key service); none when empty")  # noqa: RUF009
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,20 @@ class CacheNode:
     cache_size: int = setting(1 << 30, "disk tier size in bytes")
     policy: str = setting("listen", "eviction policy")
     workers: int = setting(1, "worker processes")
+    region: str = setting("", "region an edge serves (the director's country -> region map); empty: default")
+    config: Path = setting(Path(""), "the node's own TOML file (e.g. an edge's tokens and geo); none when empty")  # noqa: RUF009
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("every regional/edge needs a name")
+
+
+@dataclass(frozen=True)
+class DirectorNode:
+    name: str = setting("", "node name; empty: the topology has no director")
+    listen: str = setting("127.0.0.1:0", "HOST:PORT (port 0: any free port)")
+    workers: int = setting(1, "worker processes")
+    config: Path = setting(Path(""), "the director's own TOML file (tokens, geo, regions); none when empty")  # noqa: RUF009
 
 
 @dataclass(frozen=True)
@@ -62,9 +76,11 @@ class Topology:
     origin: OriginNode = section(OriginNode, "the origin")  # noqa: RUF009
     regional: tuple[CacheNode, ...] = setting((), "regional nodes ([[regional]] tables)")
     edge: tuple[CacheNode, ...] = setting((), "edge nodes ([[edge]] tables)")
+    director: DirectorNode = section(DirectorNode, "the director (optional: set its name)")  # noqa: RUF009
 
     def __post_init__(self) -> None:
-        names = [self.origin.name] + [n.name for n in self.regional + self.edge]
+        names = [self.origin.name] + [n.name for n in self.regional + self.edge] + (
+            [self.director.name] if self.director.name else [])
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique: {names}")
         if not self.regional or not self.edge:
@@ -77,6 +93,10 @@ class Running:
     name: str
     url: str
     process: subprocess.Popen[str]
+
+
+def _config(path: Path) -> list[str]:
+    return ["--config", str(path)] if str(path) not in ("", ".") else []
 
 
 def _token(topology: Topology) -> str:
@@ -137,17 +157,26 @@ def start(topology: Topology, store: Path | None = None, access_log: bool = Fals
     nodes: list[Running] = []
     try:
         o = topology.origin
-        nodes.append(_spawn("origin", o.name, ["--store", str(store or o.store), "--listen", o.listen,
-                                                "--workers", str(o.workers), *quiet], logs, token))
+        nodes.append(_spawn("origin", o.name, [*_config(o.config), "--store", str(store or o.store),
+                                                "--listen", o.listen, "--workers", str(o.workers), *quiet],
+                            logs, token))
         for kind, members, ups in (("regional", topology.regional, lambda: [nodes[0].url]),
                                    ("edge", topology.edge, lambda: [n.url for n in nodes if n.kind == "regional"])):
             for n in members:
                 cache_dir = n.cache_dir if str(n.cache_dir) not in ("", ".") else topology.state_dir / "cache" / n.name
-                args = ["--name", n.name, "--listen", n.listen, "--cache-dir", str(cache_dir),
+                args = [*_config(n.config), "--name", n.name, "--listen", n.listen, "--cache-dir", str(cache_dir),
                         "--cache-size", str(n.cache_size), "--policy", n.policy, "--workers", str(n.workers), *quiet]
                 for url in ups():
                     args += ["--upstream", url]
                 nodes.append(_spawn(kind, n.name, args, logs, token))
+        d = topology.director
+        if d.name:
+            regions = {n.name: n.region for n in topology.edge}
+            args = [*_config(d.config), "--listen", d.listen, "--workers", str(d.workers), *quiet]
+            for n in nodes:
+                if n.kind == "edge":
+                    args += ["--edge", f"{n.name}={n.url}" + (f"@{regions[n.name]}" if regions[n.name] else "")]
+            nodes.append(_spawn("director", d.name, args, logs, token))
         for node in nodes:
             _healthy(node.url)
         state = [{"kind": n.kind, "name": n.name, "url": n.url, "pid": n.process.pid} for n in nodes]
@@ -220,7 +249,8 @@ def purge_targets(topology: Topology) -> list[tuple[str, str, str]]:
     """(kind, name, url) of every cache node: from a running topology's state file, else the TOML."""
     state = topology.state_dir / "topology.json"
     if state.exists():
-        return [(n["kind"], n["name"], n["url"]) for n in json.loads(state.read_text()) if n["kind"] != "origin"]
+        return [(n["kind"], n["name"], n["url"]) for n in json.loads(state.read_text())
+                if n["kind"] in ("regional", "edge")]
     return [(kind, n.name, f"http://{n.listen}") for kind, group in (("regional", topology.regional),
                                                                       ("edge", topology.edge)) for n in group]
 
