@@ -36,11 +36,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from drm.tokens import KEY_ID_RE
 from legato.config import ConfigError, setting
 
 MASTER_KEY_BYTES = 32
-KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-"""A signing key id (use with ``fullmatch``); it travels in every token."""
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SECRET_FILE = 64 << 10
 
