@@ -10,10 +10,19 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from legato import config as cfg
 from legato.cli import HelpFormatter
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from cache.config import NodeConfig
+
+N = TypeVar("N", bound="NodeConfig")
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -35,7 +44,8 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], role: str) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], role: str) -> argparse.ArgumentParser:
+    """The node's parser with the flags every cache node has; a role may add its own (edge/cli.py)."""
     from cache.config import NodeConfig
 
     d = NodeConfig()
@@ -64,15 +74,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
     p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False, default=None,
                    help="do not write the JSON access log to stderr")
     p.set_defaults(func=lambda args: run(args, role))
+    return p
 
 
-def load_config(args: argparse.Namespace, role: str):  # type: ignore[no-untyped-def]
+def load_config(args: argparse.Namespace, role: str, cls: type[N] | None = None) -> N:
+    """The node's config: ``--config`` (loaded as ``cls``, default NodeConfig) or defaults, then the flags."""
     from cache.config import NodeConfig, PrefetchConfig
 
+    kind: Any = cls or NodeConfig
     if args.config is not None:
-        config = cfg.load(NodeConfig, args.config)
+        config = cfg.load(kind, args.config)
     else:  # edges prefetch for the listeners; a regional doing it too would only cascade
-        config = NodeConfig(name=role, prefetch=PrefetchConfig(segments=2 if role == "edge" else 0))
+        config = kind(name=role, prefetch=PrefetchConfig(segments=2 if role == "edge" else 0))
     try:
         upstream = cfg.replace(config.upstream, peers=tuple(args.upstream) if args.upstream else None)
         cache = cfg.replace(config.cache, dir=args.cache_dir, size=args.cache_size, ram=args.cache_ram,
@@ -84,9 +97,12 @@ def load_config(args: argparse.Namespace, role: str):  # type: ignore[no-untyped
         raise cfg.ConfigError(f"command line: {exc}") from None
 
 
-def run(args: argparse.Namespace, role: str) -> int:
+def run(args: argparse.Namespace, role: str, *, load: Callable[[], NodeConfig] | None = None,
+        make_app: Callable[[NodeConfig], web.Application] | None = None) -> int:
+    """Run the node.  ``load()`` reads the config (also on SIGHUP; raises ConfigError), ``make_app(config)``
+    builds the app in each worker; by default the plain engine (cache.node.create_app)."""
     try:
-        config = load_config(args, role)
+        config = load() if load is not None else load_config(args, role)
         from cache.policy import POLICIES
 
         if config.cache.policy not in POLICIES:
@@ -100,6 +116,10 @@ def run(args: argparse.Namespace, role: str) -> int:
     from cache.node import create_app
     from legato.server import ServeOptions, serve
 
+    if make_app is None:
+        def make_app(config: NodeConfig) -> web.Application:
+            return create_app(config, role=role, config_file=args.config, args=args)
+
     try:
         config.cache.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -108,7 +128,7 @@ def run(args: argparse.Namespace, role: str) -> int:
     options = ServeOptions(role=role, listen=config.listen, workers=config.workers, access_log=config.access_log,
                            shutdown_timeout=config.shutdown_timeout)
     try:
-        return serve(options, lambda: create_app(config, role=role, config_file=args.config, args=args))
+        return serve(options, lambda: make_app(config))
     except OSError as exc:
         print(f"legato {role}: cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
