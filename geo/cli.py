@@ -212,6 +212,7 @@ def run_set(args: argparse.Namespace) -> int:
 def read_csv(path: Path, store: Path) -> tuple[list[Licence], list[str]]:
     """Licences from an import file, and every problem found (with line numbers)."""
     errors: list[str] = []
+    failed: set[str] = set()  # tracks with a bad line: reported there, not again as a whole
     rows: dict[str, list[tuple[int, Term]]] = {}
     extras: dict[str, dict[str, tuple[int, object]]] = {}
     try:
@@ -255,7 +256,9 @@ def read_csv(path: Path, store: Path) -> tuple[list[Licence], list[str]]:
                         settings["country_field"] = cells["country_field"]
                 except LicenceError as exc:
                     errors.append(f"line {line}: {exc.reason}")
+                    failed.add(track)
                     continue
+                before = len(errors)
                 if not track_exists(store, track):
                     errors.append(f"line {line}: unknown track {track!r} (not packaged in {store})")
                 for earlier_line, earlier in rows.get(track, []):
@@ -269,12 +272,16 @@ def read_csv(path: Path, store: Path) -> tuple[list[Licence], list[str]]:
                     if key in seen and seen[key][1] != value:
                         errors.append(f"line {line}: {key} differs from line {seen[key][0]} for {track}")
                     seen.setdefault(key, (line, value))
+                if len(errors) > before:
+                    failed.add(track)
     except FileNotFoundError:
         return [], [f"{path}: no such file"]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return [], [f"{path}: cannot read: {exc}"]
     licences = []
     for track, terms in rows.items():
+        if track in failed:
+            continue
         settings = {k: v for k, (_, v) in extras.get(track, {}).items()}
         first = terms[0][0]
         try:

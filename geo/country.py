@@ -306,10 +306,15 @@ class CountryDB:
     def _lookup(self, db: _Opened, ip: IPAddress) -> CountryInfo | None:
         return country_info(self._lookup_record(db, ip))
 
-    @staticmethod
-    def _lookup_record(db: _Opened, ip: IPAddress) -> Any:
+    def _lookup_record(self, db: _Opened, ip: IPAddress) -> Any:
         try:
             return db.reader.get(ip)
+        except maxminddb.InvalidDatabaseError as exc:  # the mapped file changed under us: unknown, and re-read it
+            if self._next_poll != 0.0:
+                log.error("geo database %s gave a corrupt answer (overwritten in place? replace it by renaming "
+                          "a new file over it): %s", db.path, exc)
+            self._next_poll = 0.0
+            return None
         except ValueError:  # an IPv6 address in an IPv4-only database
             return None
 
