@@ -5,7 +5,8 @@ manifest, media playlist, key or ClearKey licence request it finds
 
 * the **track(s)**: from the path (``/tracks/{track}/...``), or for keys
   and ClearKey licences (no track in the path) from the verified token
-  claims the token gate put on the request; without claims a key request is
+  claims the token gate put on the request (``edge.gates.CLAIMS_KEY``); for
+  a token naming several tracks, every one must be licensed; without claims a key request is
   passed on (origin checks that the key id belongs to a track of the token);
 * the **client's address** (geo.client: socket peer, or the forwarding
   header when the peer is a trusted proxy) and its **country**
@@ -42,6 +43,7 @@ from typing import Any
 import xxhash
 from aiohttp import web
 
+from edge.gates import CLAIMS_KEY
 from geo.client import LOOPBACK, client_address, is_trusted
 from geo.config import GeoConfig
 from geo.country import CountryDB, CountryInfo
@@ -51,8 +53,6 @@ from legato.web import base_headers
 
 log = logging.getLogger("legato.geo")
 
-CLAIMS_KEY = "legato.claims"
-"""Where the token gate leaves the verified ``drm.tokens.Claims`` on the request."""
 CHECKED = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.MEDIA_PLAYLIST, urls.Kind.KEY,
                      urls.Kind.CLEARKEY})
 MAX_LICENCES = 10_000
