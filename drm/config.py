@@ -25,6 +25,7 @@ import base64
 import binascii
 import os
 import re
+import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from drm.tokens import KEY_ID_RE
-from legato.config import ConfigError, setting
+from legato.config import ConfigError, build, setting
 
 MASTER_KEY_BYTES = 32
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -96,6 +97,33 @@ class TokensConfig:
             raise ValueError(f"burst {self.burst} must be at least 1")
         if self.rate_sessions < 1:
             raise ValueError(f"rate_sessions {self.rate_sessions} must be at least 1")
+
+
+def load_sections(path: Path) -> tuple[KeysConfig, TokensConfig]:
+    """``[keys]`` and ``[tokens]`` from a TOML file; other tables and keys are ignored, so a node's
+    own config file (config/origin.toml, config/edge.toml) serves as well as config/drm.toml.
+    A missing section gives that section's defaults."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    sections = []
+    for name, cls in (("keys", KeysConfig), ("tokens", TokensConfig)):
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {name}: expected a table")
+        try:
+            sections.append(build(cls, table, _prefix=name))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    keys, tokens = sections
+    assert isinstance(keys, KeysConfig) and isinstance(tokens, TokensConfig)
+    return keys, tokens
 
 
 # ---------------------------------------------------------------- secrets
