@@ -80,8 +80,7 @@ class EdgeHooks:
             networks = config.geo.networks()
             client_ip = functools.partial(client_address, trusted=networks, header=config.geo.proxy_header.lower())
             gates.append(TokenGate(public_keys, skew=config.tokens.skew, required=config.tokens.required,
-                                   limiter=self.limiter(config), rate=config.tokens.rate_per_session,
-                                   metrics=self.metrics, client_ip=client_ip))
+                                   limiter=self.limiter(config), metrics=self.metrics, client_ip=client_ip))
         else:
             log.warning("no [tokens] public_keys (or --public-key): manifests are served without token checks; "
                         "the key service still refuses key requests without a valid token")

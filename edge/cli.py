@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cache import cli as node_cli
+from edge.config import EdgeConfig
 from legato import config as cfg
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from cache.config import NodeConfig
 
 PUBLIC_KEY_HELP = ("token verifying key as KEYID=PEMFILE (an Ed25519 public key); repeat for several, e.g. "
                    "while rotating. Adds to the config's [tokens] public_keys (the flag wins for the same KEYID). "
@@ -37,10 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
-def load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def load_config(args: argparse.Namespace) -> EdgeConfig:
     """The edge's config (file, then flags); the public keys are loaded once to fail early on bad ones."""
     from drm.config import load_public_keys
-    from edge.config import EdgeConfig
 
     config = node_cli.load_config(args, "edge", EdgeConfig)
     try:
@@ -66,5 +72,8 @@ def load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from edge.app import create_app
 
-    return node_cli.run(args, "edge", load=lambda: load_config(args),
-                        make_app=lambda config: create_app(config, load_config=lambda: load_config(args)))
+    def make_app(config: NodeConfig) -> web.Application:
+        assert isinstance(config, EdgeConfig)
+        return create_app(config, load_config=lambda: load_config(args))
+
+    return node_cli.run(args, "edge", load=lambda: load_config(args), make_app=make_app)

@@ -55,8 +55,8 @@ def refuse(request: web.Request, node: Node, metrics: EdgeMetrics, gate: str, st
                 "Via": f"1.1 {node.config.name}"})
     if headers:
         out.update(headers)
-    text = json.dumps({"error": reason, **(body or {})}) + "\n"
-    return web.Response(status=status, text=text, headers=out)
+    data = json.dumps({"error": reason, **(body or {})}).encode() + b"\n"
+    return web.Response(status=status, body=data, headers=out)
 
 
 def client_address(request: web.Request, trusted: Iterable[str] | Any = (), header: str = "x-forwarded-for") -> str | None:

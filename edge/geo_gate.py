@@ -16,7 +16,9 @@ manifest, media playlist, key or ClearKey licence request it finds
   ``license_max_age`` and purgeable), parsed once per worker and reused for
   ``[geo] license_max_age`` seconds.  A record that fails validation is
   logged and the last good one for that track stays in force; with none,
-  the track is refused rather than opened to everyone;
+  the track is refused rather than opened to everyone.  A track without a
+  record is refused too (``missing = "deny"``), unless it does not exist at
+  all (no ``track.json``): then the engine's 404 stands;
 
 and asks geo.licence.decide.  A refusal is HTTP 451 (RFC 7725) with a JSON
 body ``{"reason", "country", "track", "replacement"?}``, a
@@ -157,6 +159,8 @@ class GeoGate:
                 if self.config.missing == "allow":
                     self._count(True, NO_LICENCE, info, None)
                     continue
+                if not await self._track_exists(track, node):
+                    continue  # no licence because no track: the engine answers 404
                 decision = Decision(False, NO_LICENCE, info.country if info else None)
             elif licence is INVALID:
                 decision = Decision(False, BAD_LICENCE, info.country if info else None)
@@ -214,6 +218,13 @@ class GeoGate:
         self._bad.pop(track, None)
         self._remember(track, licence, digest, now)
         return licence
+
+    @staticmethod
+    async def _track_exists(track: str, node: Any) -> bool:
+        try:
+            return await node.fetch_bytes(urls.track_path(track, "track.json")) is not None
+        except Exception:  # noqa: BLE001 - cannot tell: treat it as existing, so the refusal stands
+            return True
 
     def _remember(self, track: str, licence: Licence | None, digest: int, now: float) -> None:
         self._memo[track] = _Memo(licence, digest, now)

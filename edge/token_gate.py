@@ -65,13 +65,12 @@ class TokenGate:
     kinds = GATED_KINDS
 
     def __init__(self, public_keys: Mapping[str, Ed25519PublicKey], *, skew: float, required: bool,
-                 limiter: RateLimiter, rate: float, metrics: EdgeMetrics,
+                 limiter: RateLimiter, metrics: EdgeMetrics,
                  client_ip: Callable[[web.Request], str | None] = client_address) -> None:
         self.public_keys = public_keys
         self.skew = skew
         self.required = required
         self.limiter = limiter
-        self.retry_after = str(max(1, math.ceil(1 / rate)))
         self.metrics = metrics
         self.client_ip = client_ip
 
@@ -94,8 +93,10 @@ class TokenGate:
                             client_ip=self.client_ip(request) or "", skew=self.skew)
         except TokenError as exc:
             return self._refuse(request, node, exc.status, exc.reason)
-        if route.kind in RATE_LIMITED_KINDS and not self.limiter.allow(claims.session, now):
-            return self._refuse(request, node, 429, RATE_LIMITED, {"Retry-After": self.retry_after})
+        if route.kind in RATE_LIMITED_KINDS:
+            wait = self.limiter.take(claims.session, now)
+            if wait > 0:
+                return self._refuse(request, node, 429, RATE_LIMITED, {"Retry-After": str(max(1, math.ceil(wait)))})
         request[CLAIMS_KEY] = claims  # for the gates after this one (the licence gate: a key's tracks)
         return None
 

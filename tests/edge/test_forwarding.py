@@ -1,8 +1,8 @@
 """Keys and licences through real cache nodes: forwarded with their query and body, never stored.
 
-A stand-in key service (a real HTTP server on 127.0.0.1) answers like the
-origin's would, and even marks its answers cacheable, to prove the tiers
-store nothing anyway; it records what reached it.
+The upstream is upstream_standin's key service (a real HTTP server on
+127.0.0.1), which marks its answers cacheable to prove the tiers store
+nothing anyway, and records what reached it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,59 +18,7 @@ from pathlib import Path
 
 import pytest
 from servers import NodeProcess, node_process
-
-KID = "0123456789abcdef0123456789abcdef"
-KEY = bytes(range(16))
-
-
-class KeyService(http.server.BaseHTTPRequestHandler):
-    """/keys/{kid}: 16 bytes (some kids misbehave); /license/clearkey: echoes the request body."""
-
-    seen: list[dict[str, object]]
-    stop: threading.Event
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _answer(self, status: int, body: bytes, ctype: str = "application/octet-stream", **extra: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "public, max-age=3600")  # the tiers must not believe it
-        self.send_header("Access-Control-Allow-Origin", "https://evil.example")  # nor relay it
-        for k, v in extra.items():
-            self.send_header(k.replace("_", "-"), v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        path, _, query = self.path.partition("?")
-        if path != "/healthz":
-            self.seen.append({"method": self.command, "path": path, "query": query, "body": body,
-                              "xff": self.headers.get("X-Forwarded-For"), "via": self.headers.get("Via"),
-                              "ctype": self.headers.get("Content-Type")})
-        kid = path.rpartition("/")[2]
-        if path == "/healthz":
-            self._answer(200, b"ok", "text/plain")
-        elif path == "/license/clearkey":
-            self._answer(200, json.dumps({"echo": body.decode(), "query": query}).encode(), "application/json")
-        elif kid.startswith("401"):
-            self._answer(401, b'{"error": "expired"}', "application/json")
-        elif kid.startswith("429"):
-            self._answer(429, b'{"error": "rate limited"}', "application/json", Retry_After="1")
-        elif kid.startswith("500"):
-            self._answer(500, b"broken", "text/plain")
-        elif kid.startswith("bbbb"):  # an answer far too big to be a key
-            self._answer(200, b"x" * (200 * 1024))
-        elif kid.startswith("dead"):  # never answers
-            self.stop.wait(20)
-        else:
-            self._answer(200, KEY)
-
-    do_GET = do_POST = do_HEAD = _handle
+from upstream_standin import KEY, KID, key_service
 
 
 @dataclass
@@ -80,24 +27,6 @@ class Chain:
     seen: list[dict[str, object]]
     regional: NodeProcess
     edge: NodeProcess
-
-
-@contextlib.contextmanager
-def key_service() -> Iterator[tuple[str, list[dict[str, object]]]]:
-    seen: list[dict[str, object]] = []
-    stop = threading.Event()
-    handler = type("Handler", (KeyService,), {"seen": seen, "stop": stop})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def node_config(tmp: Path, name: str, upstream: str) -> Path:
@@ -181,7 +110,7 @@ def test_preflight_allows_the_licence_post(chain: Chain) -> None:
     assert status == 204
     assert "POST" in headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in headers["Access-Control-Allow-Headers"]
-    status, headers, body = request(chain.edge.url + f"/keys/{KID}", "PUT", b"x")
+    status, headers, _ = request(chain.edge.url + f"/keys/{KID}", "PUT", b"x")
     assert status == 405 and headers["Allow"] == "GET, HEAD, POST, OPTIONS"
 
 
