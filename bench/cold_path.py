@@ -86,7 +86,7 @@ def main() -> int:
         # never warms an object that is timed later as cold
         src = write_sample(work / "src.flac", 6.0 * 3 * args.rounds + 12)
         subprocess.run([sys.executable, "-m", "legato.cli", "package", str(src), "--store", str(store),
-                        "--track-id", "cold", "--no-progress"], check=True, capture_output=True)
+                        "--track-id", "cold", "--no-progress", "--protect", "none"], check=True, capture_output=True)
         n_segments = len(json.loads((store / "tracks/cold/track.json").read_text())["renditions"][0]["segments"])
         free = "127.0.0.1:0"
         topo = Topology(state_dir=work / "state", origin=OriginNode(listen=free, store=store),

@@ -3,6 +3,12 @@
 ``track.json`` is the one description of a packaged track: manifests are
 written from the same values, and the tests check that independent HLS and
 DASH parsers read back what it says.
+
+A protected track lists each rendition once per protection scheme (``scheme``
+``hls-aes128`` or ``cenc``, files under ``{scheme}/{rendition}/``), with the
+KID of its content key and the sizes and hashes of the bytes actually served
+(encrypted); clear renditions have no ``scheme``.  ``protection`` says which
+schemes and KIDs the track has.  Keys are never in here.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class Segment:
     media_duration: int  # timescale units (DASH S@d)
     bytes: int
     xxh3: str
+    iv: str | None = None  # hls-aes128: the segment's AES-CBC IV, 32 hex digits (public: it is in the playlist)
 
     @property
     def name(self) -> str:
@@ -42,6 +49,13 @@ class Rendition:
     init_bytes: int
     init_xxh3: str
     segments: tuple[Segment, ...]
+    scheme: str | None = None  # protection scheme (legato.urls.SCHEMES), None when clear
+    kid: str | None = None  # key id, 32 lowercase hex digits, when protected
+
+    @property
+    def path(self) -> str:
+        """The rendition's directory relative to the track: ``{id}`` or ``{scheme}/{id}``."""
+        return f"{self.scheme}/{self.id}" if self.scheme else self.id
 
     @property
     def codecs(self) -> str:
@@ -72,16 +86,27 @@ class Track:
     source: dict[str, Any] = field(default_factory=dict)
     ladder: str = ""  # ladder fingerprint
     format_version: int = FORMAT_VERSION
+    protection: dict[str, Any] = field(default_factory=lambda: {"schemes": []})  # schemes, key_scope, kids
+
+    def renditions_for(self, schemes: tuple[str | None, ...]) -> tuple[Rendition, ...]:
+        """The renditions under any of ``schemes`` (None: clear), in ladder order."""
+        return tuple(r for r in self.renditions if r.scheme in schemes)
 
 
 def to_json(track: Track) -> dict[str, Any]:
     """The track.json document: the dataclasses plus derived fields for readers."""
     doc = asdict(track)
     for rdoc, rendition in zip(doc["renditions"], track.renditions):
+        for optional in ("scheme", "kid"):  # absent (not null) when clear: clear records look as they always did
+            if rdoc[optional] is None:
+                del rdoc[optional]
+        rdoc["path"] = rendition.path
         rdoc["codecs"] = rendition.codecs
         rdoc["bandwidth"] = rendition.bandwidth
         rdoc["average_bandwidth"] = rendition.average_bandwidth
         for sdoc, seg in zip(rdoc["segments"], rendition.segments):
+            if sdoc["iv"] is None:
+                del sdoc["iv"]
             sdoc["name"] = seg.name
     return doc
 
@@ -90,8 +115,8 @@ def from_json(doc: dict[str, Any]) -> Track:
     """Rebuild a Track from track.json (derived fields are recomputed, not trusted)."""
     renditions = []
     for r in doc["renditions"]:
-        segs = tuple(Segment(**{k: s[k] for k in Segment.__dataclass_fields__}) for s in r["segments"])
-        fields = {k: r[k] for k in Rendition.__dataclass_fields__ if k != "segments"}
+        segs = tuple(Segment(**{k: s[k] for k in Segment.__dataclass_fields__ if k in s}) for s in r["segments"])
+        fields = {k: r[k] for k in Rendition.__dataclass_fields__ if k != "segments" and k in r}
         renditions.append(Rendition(**fields, segments=segs))
     top = {k: doc[k] for k in Track.__dataclass_fields__ if k != "renditions" and k in doc}
     return Track(**top, renditions=tuple(renditions))

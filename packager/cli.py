@@ -17,8 +17,24 @@ segments, HLS and DASH manifests and a track.json catalog record per track.
 Sources may be files or directories (searched recursively for audio files).
 A track is built in a temporary directory inside the store and renamed into
 place when complete. Re-running on an unchanged source with an unchanged
-ladder does nothing (use --force to rebuild). Exit status: 0 when every
-source was packaged or skipped, 1 when any failed, 2 on bad usage or config.
+ladder and protection does nothing (use --force to rebuild). Exit status: 0
+when every source was packaged or skipped, 1 when any failed, 2 on bad usage
+or config (a key store that cannot be opened, a missing or wrong master key).
+
+Protection (--protect, default both): every rendition is encrypted once at
+packaging time with the track's content key (one random 128-bit key and key
+id per track; per rendition with --key-scope rendition):
+  hls-aes128  HLS, whole segments AES-128-CBC, key at /keys/{kid}:
+              STORE/tracks/ID/master.m3u8 -> hls-aes128/RENDITION/index.m3u8
+  cenc        DASH, Common Encryption (AES-CTR), ClearKey licence at
+              /license/clearkey: STORE/tracks/ID/manifest.mpd -> cenc/RENDITION/
+  both        both of the above (no clear renditions are written)
+  none        clear HLS + DASH: STORE/tracks/ID/RENDITION/
+Keys live in the key store (--keystore, or [keys] store in --keys-config),
+wrapped with the master key from [keys] master_key_file or the environment
+variable LEGATO_MASTER_KEY (or [keys] master_key_env); track.json records
+only key ids. A track keeps its key across re-packaging (--force included);
+a key is created only for a track the key store has no key for.
 """
 
 
@@ -33,7 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--ladder", type=Path, default=None,
                    help="ladder TOML (default: the built-in ladder, identical to config/ladder.toml)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="tracks packaged in parallel")
-    p.add_argument("--force", action="store_true", help="rebuild tracks that are already up to date")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild tracks that are already up to date (protected tracks keep their keys)")
+    p.add_argument("--protect", choices=("both", "hls-aes128", "cenc", "none"), default="both",
+                   help="encryption: HLS AES-128, DASH Common Encryption, both, or none (clear)")
+    p.add_argument("--key-scope", choices=("track", "rendition"), default="track",
+                   help="one content key per track, or one per rendition")
+    p.add_argument("--keys-config", type=Path, metavar="FILE",
+                   help="TOML file whose [keys] table names the key store and the master key "
+                   "(store, master_key_file, master_key_env)")
+    p.add_argument("--keystore", type=Path, metavar="PATH",
+                   help="key store file (SQLite, outside the store tree); overrides [keys] store")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="say which ffmpeg is used, print each source's probe, tracebacks of internal errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
@@ -47,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from packager.ladder import LadderConfig
     from packager.pipeline import PackageError, expand_sources, package_batch
     from packager.probe import SourceError, probe
+    from packager.protection import KeyStoreKeys, Protection, TrackKeys
 
     try:
         ladder = load(LadderConfig, args.ladder) if args.ladder else LadderConfig()
@@ -65,6 +92,21 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         print("legato package: no audio files found in the given directories", file=sys.stderr)
         return 2
+    protection = Protection.from_option(args.protect, args.key_scope)
+    keys: TrackKeys | None = None
+    if protection.enabled:
+        from drm.keys import KeyStoreError
+        from packager.protection import load_keys_config
+
+        try:
+            cfg = load_keys_config(args.keys_config, args.keystore)
+            if cfg.store is not None and args.store.resolve() in cfg.store.resolve().parents:
+                raise ConfigError(f"key store {cfg.store} is inside the store {args.store}, which is served: "
+                                  "keep it outside")
+            keys = KeyStoreKeys(cfg)
+        except (ConfigError, KeyStoreError) as exc:
+            print(f"legato package: {exc}", file=sys.stderr)
+            return 2
     try:
         ffmpeg_line = tools.describe()
     except tools.ToolMissing as exc:
@@ -91,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         outcomes = package_batch(sources, args.store, ladder, track_id=args.track_id, jobs=args.jobs,
-                                 force=args.force, progress=bar.update, on_done=done, verbose=args.verbose)
+                                 force=args.force, progress=bar.update, on_done=done, verbose=args.verbose,
+                                 protection=protection, keys=keys)
     except PackageError as exc:
         bar.close()
         print(f"legato package: {exc}", file=sys.stderr)

@@ -5,8 +5,11 @@ segment rather than keep ffmpeg's because ffmpeg's fragmented muxer writes no
 edit list, and the edit list is how a player learns to drop the AAC
 encoder's priming samples (gapless playback, ISO/IEC 14496-12 §8.6.6).  The
 media segments are re-cut from ffmpeg's fragments on our own segment plan, so
-boundaries line up across renditions and the same writer can later add
-Common Encryption boxes.
+boundaries line up across renditions, and the same writer adds the Common
+Encryption boxes (ISO/IEC 23001-7): the protected sample entry with its
+``sinf`` (:func:`protect_stsd`), ``pssh`` (:func:`pssh`) in the init segment,
+and ``saiz``/``saio``/``senc`` in each fragment (:func:`media_segment` with
+``ivs``).  The encryption itself is ``drm.cenc``'s.
 """
 
 from __future__ import annotations
@@ -179,13 +182,15 @@ def itunsmpb(priming: int, padding: int, samples: int) -> bytes:
     return box(b"udta", full_box(b"meta", 0, 0, hdlr, box(b"ilst", entry)))
 
 
-def init_segment(stsd: bytes, timescale: int, priming: int, presentation: int, padding: int = 0) -> bytes:
+def init_segment(stsd: bytes, timescale: int, priming: int, presentation: int, padding: int = 0,
+                 psshs: Sequence[bytes] = ()) -> bytes:
     """A CMAF-style init segment (ftyp + moov) for one audio track.
 
     ``priming`` encoder-delay samples are skipped by an edit list whose
     duration is the ``presentation`` length (both in ``timescale`` units), so
     decoders drop the priming and the padding after the last real sample.
     When there is priming, the same facts also go in an iTunSMPB record.
+    ``psshs`` (whole ``pssh`` boxes) go at the end of ``moov``.
     """
     ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6", b"cmfc", b"dash", b"mp41")
     mvhd = full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, timescale, 0),
@@ -205,23 +210,83 @@ def init_segment(stsd: bytes, timescale: int, priming: int, presentation: int, p
     trak = box(b"trak", tkhd, box(b"edts", elst), box(b"mdia", mdhd, hdlr, minf))
     mvex = box(b"mvex", full_box(b"trex", 0, 0, struct.pack(">IIIII", 1, 1, 0, 0, 0)))
     udta = itunsmpb(priming, padding, presentation) if priming else b""
-    return ftyp + box(b"moov", mvhd, trak, mvex, udta)
+    return ftyp + box(b"moov", mvhd, trak, mvex, udta, *psshs)
 
 
 def media_segment(sequence: int, decode_time: int, durations: Sequence[int],
-                  samples: Sequence[bytes | memoryview]) -> bytes:
-    """One CMAF media segment (styp + moof + mdat) holding ``samples``."""
+                  samples: Sequence[bytes | memoryview], ivs: Sequence[bytes] | None = None) -> bytes:
+    """One CMAF media segment (styp + moof + mdat) holding ``samples``.
+
+    With ``ivs`` (one per sample, ``drm.cenc`` encryption, samples already
+    encrypted) the track fragment also carries the sample auxiliary
+    information: ``senc`` with the IVs (no subsamples), ``saiz`` with their
+    size and ``saio`` with the offset of the first IV inside ``senc``,
+    relative to the start of ``moof`` (the base offset of
+    default-base-is-moof, ISO/IEC 14496-12 §8.7.9).
+    """
     styp = box(b"styp", b"msdh", struct.pack(">I", 0), b"msdh", b"msix", b"cmfs")
     entries = b"".join(struct.pack(">II", d, len(s)) for d, s in zip(durations, samples))
+    if ivs is not None and (len(ivs) != len(samples) or len({len(iv) for iv in ivs}) > 1):
+        raise Mp4Error("need one IV per sample, all of one size")
 
-    def moof(data_offset: int) -> bytes:
+    def moof(data_offset: int, aux_offset: int) -> bytes:
         trun = full_box(b"trun", 0, 0x000301, struct.pack(">Ii", len(samples), data_offset), entries)
+        aux = b""
+        if ivs is not None:
+            iv_size = len(ivs[0]) if ivs else 0
+            aux = (full_box(b"saiz", 0, 0, struct.pack(">BI", iv_size, len(ivs)))
+                   + full_box(b"saio", 0, 0, struct.pack(">II", 1, aux_offset))
+                   + full_box(b"senc", 0, 0, struct.pack(">I", len(ivs)), *ivs))
         traf = box(b"traf",
                    full_box(b"tfhd", 0, 0x020000, struct.pack(">I", 1)),  # default-base-is-moof
                    full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time)),
-                   trun)
+                   trun, aux)
         return box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)), traf)
 
-    size = len(moof(0))
+    draft = moof(0, 0)  # offsets are fixed-width fields: the layout does not depend on their values
+    aux_offset = find(draft, "moof/traf/senc").body + 8 if ivs is not None else 0  # past version/flags, count
     mdat_header = struct.pack(">I4s", 8 + sum(len(s) for s in samples), b"mdat")
-    return b"".join([styp, moof(size + 8), mdat_header, *samples])
+    return b"".join([styp, moof(len(draft) + 8, aux_offset), mdat_header, *samples])
+
+
+# --- Common Encryption (ISO/IEC 23001-7) ---------------------------------------
+
+_ENCRYPTED_ENTRY = {b"mp4a": b"enca", b"fLaC": b"enca", b"Opus": b"enca", b"ac-3": b"enca", b"ec-3": b"enca",
+                    b"avc1": b"encv", b"hvc1": b"encv", b"hev1": b"encv"}
+
+
+def protect_stsd(stsd: bytes, kid: bytes, iv_size: int, scheme: bytes = b"cenc",
+                 scheme_version: int = 0x00010000) -> bytes:
+    """The sample description with each entry turned into its protected form.
+
+    ``mp4a``/``fLaC`` become ``enca`` (video ``encv``) and gain a ``sinf``:
+    ``frma`` (the original format), ``schm`` (scheme and version) and
+    ``schi``/``tenc`` (version 0: protected, per-sample IV size, default
+    KID), ISO/IEC 23001-7 §8.2 and ISO/IEC 14496-12 §8.12.  The codec's own
+    boxes (``esds``, ``dfLa``) stay where they are, before ``sinf``.
+    """
+    if len(kid) != 16 or iv_size not in (8, 16):
+        raise Mp4Error("a KID is 16 bytes and a cenc IV 8 or 16")
+    head = find(stsd, "stsd")
+    entries = []
+    for entry in iter_boxes(stsd, head.body + 8, head.end):
+        protected = _ENCRYPTED_ENTRY.get(entry.type)
+        if protected is None:
+            raise Mp4Error(f"cannot protect sample entry {entry.type!r}")
+        tenc = full_box(b"tenc", 0, 0, struct.pack(">BBBB", 0, 0, 1, iv_size), kid)
+        sinf = box(b"sinf", box(b"frma", entry.type), full_box(b"schm", 0, 0, scheme, struct.pack(">I", scheme_version)),
+                   box(b"schi", tenc))
+        entries.append(box(protected, stsd[entry.body:entry.end], sinf))
+    if not entries:
+        raise Mp4Error("stsd has no sample entry")
+    return full_box(b"stsd", 0, 0, struct.pack(">I", len(entries)), *entries)
+
+
+def pssh(system_id: bytes, kids: Sequence[bytes] = (), data: bytes = b"") -> bytes:
+    """A ``pssh`` box (ISO/IEC 23001-7 §8.1): version 1 when it lists KIDs, else 0."""
+    if len(system_id) != 16 or any(len(k) != 16 for k in kids):
+        raise Mp4Error("system ids and KIDs are 16 bytes")
+    if kids:
+        return full_box(b"pssh", 1, 0, system_id, struct.pack(">I", len(kids)), *kids,
+                        struct.pack(">I", len(data)), data)
+    return full_box(b"pssh", 0, 0, system_id, struct.pack(">I", len(data)), data)

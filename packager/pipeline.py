@@ -1,7 +1,9 @@
 """Package tracks into a store: the I/O shell around the pure packager modules.
 
-One track: probe -> one ffmpeg run (every rendition + loudness) -> re-cut each
-rendition on the segment plan -> manifests + track.json -> atomic publish.
+One track: probe -> one ffmpeg run (every rendition + loudness) -> content
+keys (protected tracks) -> re-cut each rendition on the segment plan, once per
+protection scheme, encrypting as it goes -> manifests + track.json -> atomic
+publish.
 Everything is written under ``STORE/tracks/.tmp-*`` and renamed into place
 only when complete, so origin never sees a half-built track; a crashed run
 leaves only a ``.tmp-`` directory (never a valid track id), swept by the
@@ -25,11 +27,15 @@ from pathlib import Path
 
 import xxhash
 
+from drm import aes128, cenc
+from drm.keys import ContentKey, KeyStoreError
+from legato.config import ConfigError
 from legato.proc import pid_alive
 from legato.urls import TRACK_ID_RE
 from packager import catalog, dash, hls, mp4, plan, transcode
 from packager.ladder import LadderConfig
 from packager.probe import Source, SourceError, probe
+from packager.protection import Protection, TrackKeys
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".wave", ".aif", ".aiff", ".mp3", ".m4a", ".mp4", ".aac", ".ogg", ".oga",
                   ".opus", ".wv", ".ape", ".alac", ".caf", ".w64"}
@@ -108,48 +114,93 @@ def publish(staging: Path, final: Path) -> None:
     shutil.rmtree(old)
 
 
-def up_to_date(store: Path, track_id: str, src_hash: str, ladder: LadderConfig) -> bool:
+def up_to_date(store: Path, track_id: str, src_hash: str, ladder: LadderConfig,
+               protection: Protection = Protection()) -> bool:  # noqa: B008 - frozen, immutable default
     try:
         doc = json.loads((tracks_dir(store) / track_id / "track.json").read_text())
     except (OSError, ValueError):
         return False
     return (doc.get("source", {}).get("xxh3") == src_hash and doc.get("ladder") == ladder.fingerprint()
-            and doc.get("format_version") == catalog.FORMAT_VERSION)
+            and doc.get("format_version") == catalog.FORMAT_VERSION and protection.matches(doc.get("protection")))
 
 
 # --- one track ---------------------------------------------------------------
 
-def cut_rendition(work: Path, out: Path, rendition_id: str, codec: str, bitrate: int, fmt: plan.OutputFormat,
-                  points: list[int], channels: int) -> catalog.Rendition:
-    """Re-cut ffmpeg's fragmented MP4 into our init + numbered segments under ``out``."""
+def cut_rendition(work: Path, staging: Path, rendition_id: str, codec: str, bitrate: int, fmt: plan.OutputFormat,
+                  points: list[int], channels: int, outputs: tuple[str | None, ...] = (None,),
+                  key: ContentKey | None = None) -> list[catalog.Rendition]:
+    """Re-cut ffmpeg's fragmented MP4 into our init + numbered segments, once per output.
+
+    ``outputs`` are protection schemes (None: clear); each is written to
+    ``staging/[{scheme}/]{rendition_id}/``.  ``hls-aes128`` is the clear
+    segment encrypted whole (the init stays clear); ``cenc`` encrypts every
+    sample and writes the protected sample entry, ``pssh`` and the per-sample
+    IVs into the boxes.
+    """
+    if any(outputs) and key is None:
+        raise PackageError(f"{rendition_id}: protected output needs a content key")
     rate = fmt.flac_rate if codec == "flac" else fmt.aac_rate
     priming = plan.AAC_PRIMING if codec == "aac" else 0
-    out.mkdir()
+    dirs = {scheme: staging / (f"{scheme}/{rendition_id}" if scheme else rendition_id) for scheme in outputs}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    segments: dict[str | None, list[catalog.Segment]] = {scheme: [] for scheme in outputs}
+    need_clear = any(scheme != "cenc" for scheme in outputs)  # clear output, or the plaintext of hls-aes128
     with work.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         samples = mp4.read_fragmented(buf)
         if samples.timescale != rate:
             raise PackageError(f"{rendition_id}: encoder wrote timescale {samples.timescale}, expected {rate}")
         presentation = min(round(points[-1] * rate / fmt.aac_rate), sum(samples.durations) - priming)
         padding = sum(samples.durations) - priming - presentation
-        init = mp4.init_segment(samples.stsd, rate, priming, presentation, padding)
-        (out / "init.mp4").write_bytes(init)
-        segments = []
+        inits = {}
+        for scheme in outputs:
+            stsd, psshs = samples.stsd, []
+            if scheme == "cenc":
+                assert key is not None
+                stsd = mp4.protect_stsd(samples.stsd, key.kid, cenc.IV_SIZE)
+                psshs = [mp4.pssh(cenc.COMMON_SYSTEM_ID.bytes, [key.kid])]
+            inits[scheme] = mp4.init_segment(stsd, rate, priming, presentation, padding, psshs)
+            (dirs[scheme] / "init.mp4").write_bytes(inits[scheme])
         for number, c in enumerate(plan.cut(samples.durations, points, fmt.aac_rate, rate, priming), start=1):
             data = [buf[o:o + s] for o, s in zip(samples.offsets[c.first_sample:c.end_sample],
                                                  samples.sizes[c.first_sample:c.end_sample])]
-            body = mp4.media_segment(number, c.decode_time, samples.durations[c.first_sample:c.end_sample], data)
-            seg = catalog.Segment(number, round(c.presentation, 6), c.decode_time, c.media_duration, len(body),
-                                  xxhash.xxh3_64_hexdigest(body))
-            (out / seg.name).write_bytes(body)
-            segments.append(seg)
+            durations = samples.durations[c.first_sample:c.end_sample]
+            clear = mp4.media_segment(number, c.decode_time, durations, data) if need_clear else b""
+            for scheme in outputs:
+                iv = None
+                if scheme is None:
+                    body = clear
+                elif scheme == "hls-aes128":
+                    assert key is not None
+                    iv = aes128.derive_iv(key.key, f"{scheme}/{rendition_id}/{number}", clear)
+                    body = aes128.encrypt_cbc(clear, key.key, iv)
+                else:
+                    assert key is not None
+                    encrypted, ivs = cenc.encrypt_samples(data, key.key, f"{scheme}/{rendition_id}/{number}")
+                    body = mp4.media_segment(number, c.decode_time, durations, encrypted, ivs)
+                seg = catalog.Segment(number, round(c.presentation, 6), c.decode_time, c.media_duration, len(body),
+                                      xxhash.xxh3_64_hexdigest(body), iv.hex() if iv else None)
+                (dirs[scheme] / seg.name).write_bytes(body)
+                segments[scheme].append(seg)
     bits = fmt.flac_bits if codec == "flac" else None
-    return catalog.Rendition(rendition_id, codec, bitrate, rate, channels, bits, priming, len(init),
-                             xxhash.xxh3_64_hexdigest(init), tuple(segments))
+    return [catalog.Rendition(rendition_id, codec, bitrate, rate, channels, bits, priming, len(inits[scheme]),
+                              xxhash.xxh3_64_hexdigest(inits[scheme]), tuple(segments[scheme]), scheme,
+                              key.kid_hex if scheme and key else None)
+            for scheme in outputs]
 
 
 def package_one(src: Path, store: Path, ladder: LadderConfig, track_id: str | None, src_hash: str,
-                progress: Callable[[float], None] | None = None) -> catalog.Track:
-    """Build one track in a staging directory and publish it."""
+                progress: Callable[[float], None] | None = None,
+                protection: Protection = Protection(),  # noqa: B008 - frozen, immutable default
+                keys: TrackKeys | None = None) -> catalog.Track:
+    """Build one track in a staging directory and publish it.
+
+    A protected track's keys are fetched (or minted) from ``keys`` once the
+    source has decoded, so a bad source mints nothing; they are in the key
+    store before the track is published.
+    """
+    if protection.enabled and keys is None:
+        raise PackageError("protected packaging needs a key store")
     try:
         source = probe(src)
     except SourceError as exc:
@@ -173,9 +224,17 @@ def package_one(src: Path, store: Path, ladder: LadderConfig, track_id: str | No
                                "its header declares")
         total = round(measured.samples * fmt.aac_rate / source.sample_rate)
         points = plan.boundaries(total, ladder.segment_duration, fmt.aac_rate)
+        content_keys: dict[str, ContentKey] = {}
+        if keys is not None and protection.enabled:
+            try:
+                content_keys = keys(track_id, protection.groups([r.id for r in ladder.rendition]))
+            except (KeyStoreError, ConfigError) as exc:
+                raise PackageError(str(exc)) from None
         renditions = tuple(
-            cut_rendition(work / f"{r.id}.mp4", staging / r.id, r.id, r.codec, r.bitrate, fmt, points, 2)
+            out
             for r in ladder.rendition
+            for out in cut_rendition(work / f"{r.id}.mp4", staging, r.id, r.codec, r.bitrate, fmt, points, 2,
+                                     protection.outputs, content_keys.get(protection.group(r.id)))
         )
         shutil.rmtree(work)
         track = catalog.Track(
@@ -187,6 +246,7 @@ def package_one(src: Path, store: Path, ladder: LadderConfig, track_id: str | No
             loudness=loudness(measured, ladder),
             source={"name": src.name, "bytes": source.size, "xxh3": src_hash, "warnings": list(source.warnings)},
             ladder=ladder.fingerprint(),
+            protection=protection.record(content_keys),
         )
         write_track_files(staging, track)
         publish(staging, tracks_dir(store) / track_id)
@@ -219,10 +279,14 @@ def loudness(m: transcode.Measurement, ladder: LadderConfig) -> dict[str, object
 
 
 def write_track_files(directory: Path, track: catalog.Track) -> None:
-    (directory / "master.m3u8").write_text(hls.master_playlist(track))
-    (directory / "manifest.mpd").write_text(dash.mpd(track))
-    for r in track.renditions:
-        (directory / r.id / "index.m3u8").write_text(hls.media_playlist(r))
+    """Manifests for what the track has (HLS: clear or hls-aes128; DASH: clear or cenc) and track.json."""
+    for_hls = track.renditions_for(hls.SCHEMES)
+    if for_hls:
+        (directory / "master.m3u8").write_text(hls.master_playlist(track))
+    for r in for_hls:
+        (directory / r.path / "index.m3u8").write_text(hls.media_playlist(r))
+    if track.renditions_for(dash.SCHEMES):
+        (directory / "manifest.mpd").write_text(dash.mpd(track))
     (directory / "track.json").write_text(json.dumps(catalog.to_json(track), indent=1, ensure_ascii=False) + "\n")
 
 
@@ -230,8 +294,16 @@ def write_track_files(directory: Path, track: catalog.Track) -> None:
 
 def package_batch(sources: list[Path], store: Path, ladder: LadderConfig, *, track_id: str | None = None,
                   jobs: int = 1, force: bool = False, progress: Callable[[float], None] | None = None,
-                  on_done: Callable[[Outcome], None] | None = None, verbose: bool = False) -> list[Outcome]:
-    """Package many sources with ``jobs`` in parallel; never raises for a bad source."""
+                  on_done: Callable[[Outcome], None] | None = None, verbose: bool = False,
+                  protection: Protection = Protection(),  # noqa: B008 - frozen, immutable default
+                  keys: TrackKeys | None = None) -> list[Outcome]:
+    """Package many sources with ``jobs`` in parallel; never raises for a bad source.
+
+    ``protection`` defaults to clear output here (the library call the demo
+    uses); the ``legato package`` command defaults to both schemes.
+    """
+    if protection.enabled and keys is None:
+        raise PackageError("protected packaging needs a key store (or clear output)")
     if track_id is not None and len(sources) != 1:
         raise PackageError("--track-id names one track; give exactly one source with it")
     if track_id is not None and not TRACK_ID_RE.fullmatch(track_id):
@@ -252,9 +324,9 @@ def package_batch(sources: list[Path], store: Path, ladder: LadderConfig, *, tra
                 first = claimed.setdefault(tid, src)
             if first != src:
                 return Outcome(src, "skipped", tid, f"same content as {first}")
-            if not force and up_to_date(store, tid, src_hash, ladder):
+            if not force and up_to_date(store, tid, src_hash, ladder, protection):
                 return Outcome(src, "skipped", tid, "already packaged with this ladder")
-            package_one(src, store, ladder, tid, src_hash, progress)
+            package_one(src, store, ladder, tid, src_hash, progress, protection, keys)
             return Outcome(src, "packaged", tid)
         except PackageError as exc:
             return Outcome(src, "failed", None, str(exc))

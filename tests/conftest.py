@@ -70,7 +70,7 @@ def source_track(sample_dir: Path) -> Path:
 def packaged_store(tmp_path_factory: pytest.TempPathFactory, source_track: Path) -> Path:
     """A store with `source_track` packaged under the track id 'sunrise'."""
     store = tmp_path_factory.mktemp("store")
-    legato("package", str(source_track), "--store", str(store), "--track-id", "sunrise")
+    legato("package", str(source_track), "--store", str(store), "--track-id", "sunrise", "--protect", "none")
     return store
 
 

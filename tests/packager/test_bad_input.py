@@ -54,7 +54,7 @@ def count_samples(path: Path, *pre: str) -> tuple[int, int]:
 
 
 def package(cli, src: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return cli("package", str(src), "--store", str(store), "--no-progress", *extra, check=False)
+    return cli("package", str(src), "--store", str(store), "--no-progress", "--protect", "none", *extra, check=False)
 
 
 def assert_packaged(result: subprocess.CompletedProcess[str], src: Path, store: Path) -> dict:
@@ -344,7 +344,7 @@ def _start_and_kill_midway(src: Path, store: Path) -> list[int]:
     """Start `legato package` on ``src``, SIGKILL it once ffmpeg has written part of the
     renditions; returns the PIDs of the children it had (ffmpeg)."""
     proc = subprocess.Popen([sys.executable, "-m", "legato.cli", "package", str(src), "--store", str(store),
-                             "--no-progress"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             "--no-progress", "--protect", "none"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

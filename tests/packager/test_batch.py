@@ -67,7 +67,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory, cli):  # type: ignore[no-unt
     bad.write_text("not audio at all\n" * 50)
     (music / "cover.jpg").write_bytes(b"\xff\xd8\xff not audio, not an audio suffix either")
     store = root / "store"
-    result, seconds = timed(cli, "package", str(music), "--store", str(store), "--jobs", "2", "--no-progress")
+    result, seconds = timed(cli, "package", str(music), "--store", str(store), "--jobs", "2", "--no-progress", "--protect", "none")
     return music, store, good, bad, result, seconds
 
 
@@ -92,7 +92,7 @@ def test_rerun_skips_without_rewriting_and_force_rebuilds(batch, cli) -> None:  
     before = state(store)
     hashes = {ids[str(p)]: segment_hashes(store, ids[str(p)]) for p in good}
 
-    again, seconds = timed(cli, "package", str(music), "--store", str(store), "--jobs", "2", "--no-progress")
+    again, seconds = timed(cli, "package", str(music), "--store", str(store), "--jobs", "2", "--no-progress", "--protect", "none")
     assert again.returncode == 1, again.stdout + again.stderr
     assert summary(again.stdout) == (0, 3, 1)
     lines = outcomes(again.stdout)
@@ -104,7 +104,7 @@ def test_rerun_skips_without_rewriting_and_force_rebuilds(batch, cli) -> None:  
     assert state(store) == before, "a skipped track was rewritten"
     assert seconds < first_seconds / 2, f"re-run took {seconds:.1f} s, first run {first_seconds:.1f} s"
 
-    forced = cli("package", str(music), "--store", str(store), "--jobs", "2", "--no-progress", "--force",
+    forced = cli("package", str(music), "--store", str(store), "--jobs", "2", "--no-progress", "--protect", "none", "--force",
                  check=False)
     assert forced.returncode == 1
     assert summary(forced.stdout) == (3, 0, 1)
@@ -128,7 +128,7 @@ def test_track_id_is_stable_and_follows_content(tmp_path: Path, cli) -> None:  #
     ids = {}
     for name, src in (("a", a), ("b", b), ("moved", moved)):
         store = tmp_path / f"store-{name}"
-        result = cli("package", str(src), "--store", str(store), "--no-progress")
+        result = cli("package", str(src), "--store", str(store), "--no-progress", "--protect", "none")
         ((status, tid, _),) = outcomes(result.stdout).values()
         assert status == "packaged"
         ids[name] = tid
@@ -142,7 +142,7 @@ def test_identical_files_in_one_batch_make_one_track(tmp_path: Path, cli) -> Non
     b = tmp_path / "in" / "two.flac"
     shutil.copyfile(a, b)
     store = tmp_path / "store"
-    result = cli("package", str(a.parent), "--store", str(store), "--jobs", "2", "--no-progress", check=False)
+    result = cli("package", str(a.parent), "--store", str(store), "--jobs", "2", "--no-progress", "--protect", "none", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary(result.stdout) == (1, 1, 0)
     lines = outcomes(result.stdout)
@@ -157,7 +157,7 @@ def test_track_id_with_two_sources_is_a_usage_error(tmp_path: Path, cli) -> None
     a = write_sample(tmp_path / "a.flac", 2.0, style="sunrise")
     b = write_sample(tmp_path / "b.flac", 2.0, style="harbour")
     store = tmp_path / "store"
-    result = cli("package", str(a), str(b), "--store", str(store), "--track-id", "both", "--no-progress",
+    result = cli("package", str(a), str(b), "--store", str(store), "--track-id", "both", "--no-progress", "--protect", "none",
                  check=False)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
@@ -187,7 +187,7 @@ def test_bad_ladder_is_a_usage_error_naming_the_key(tmp_path: Path, cli, key: st
     if not src.exists():
         src.write_bytes(b"")  # never read: the config is checked first
     store = tmp_path / "store"
-    result = cli("package", str(src), "--store", str(store), "--ladder", str(ladder), "--no-progress", check=False)
+    result = cli("package", str(src), "--store", str(store), "--ladder", str(ladder), "--no-progress", "--protect", "none", check=False)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
     assert "Traceback" not in out, out
@@ -199,7 +199,7 @@ def test_bad_ladder_is_a_usage_error_naming_the_key(tmp_path: Path, cli, key: st
 
 def test_verbose_names_the_ffmpeg_binary(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     src = write_sample(tmp_path / "a.flac", 2.0)
-    result = cli("package", str(src), "--store", str(tmp_path / "store"), "--verbose", "--no-progress")
+    result = cli("package", str(src), "--store", str(tmp_path / "store"), "--verbose", "--no-progress", "--protect", "none")
     ffmpeg = shutil.which("ffmpeg")
     assert ffmpeg
     assert re.search(rf"^using ffmpeg \S+ at {re.escape(ffmpeg)}\b", result.stderr, re.MULTILINE), result.stderr

@@ -127,7 +127,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory, cli) -> dict[str, tuple[P
     src_dir = tmp_path_factory.mktemp("formats-src")
     store = tmp_path_factory.mktemp("formats-store")
     sources = {key: write_sample(src_dir / case.name, SECONDS, **case.kw) for key, case in CASES.items()}
-    result = cli("package", *map(str, sources.values()), "--store", str(store), "--jobs", "2", "--no-progress",
+    result = cli("package", *map(str, sources.values()), "--store", str(store), "--jobs", "2", "--no-progress", "--protect", "none",
                  check=False)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     lines = result.stdout.splitlines()
@@ -273,7 +273,8 @@ def test_surround_downmix_does_not_clip(tmp_path: Path, cli) -> None:  # type: i
                     f"aevalsrc=exprs='{'|'.join([tone] * 6)}':s=48000:d=4:c=5.1", "-c:a", "flac",
                     "-sample_fmt", "s32", str(src)], check=True)
     store = tmp_path / "store"
-    result = cli("package", str(src), "--store", str(store), "--track-id", "loud51", "--no-progress", check=False)
+    result = cli("package", str(src), "--store", str(store), "--track-id", "loud51", "--no-progress", "--protect", "none",
+                 check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     root = store / "tracks" / "loud51"
     doc = json.loads((root / "track.json").read_text())
