@@ -13,6 +13,9 @@ around cache.ring (who) and cache.health (whether).
   loses no client request.
 * **Health**: active ``/healthz`` probes every ``health_interval`` and
   passive outcomes feed one breaker per peer (cache.health).
+* **Forwarding** (``forward``): a small request that is never stored (a key,
+  a licence) goes to the same peers under the same breakers and deadline,
+  query string and body included, and its whole answer comes back.
 """
 
 from __future__ import annotations
