@@ -29,6 +29,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -74,10 +75,28 @@ def parse_address(text: str) -> IPAddress | None:
     host = host.partition("%")[0]
     if not host or len(host) > 45:
         return None
+    if ":" not in host:
+        return _ipv4(host)
     try:
-        return normalise(ipaddress.ip_address(host))
+        return normalise(ipaddress.IPv6Address(host))
     except ValueError:
         return None
+
+
+def _ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """Dotted-quad IPv4 (the strict form ipaddress accepts: no leading zeros), a few times faster."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (part[0] == "0" and part != "0"):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return ipaddress.IPv4Address(value)
 
 
 def parse_networks(items: Iterable[str]) -> Networks:
@@ -99,8 +118,24 @@ def parse_networks(items: Iterable[str]) -> Networks:
     return tuple(out)
 
 
+_MASKS: dict[int, tuple[Networks, tuple[tuple[int, int, int], ...]]] = {}
+
+
+def _masks(networks: Networks) -> tuple[tuple[int, int, int], ...]:
+    """(version, network, mask) integers of ``networks``, remembered by identity (hashing costs more)."""
+    entry = _MASKS.get(id(networks))
+    if entry is None or entry[0] is not networks:
+        if len(_MASKS) > 64:
+            _MASKS.clear()
+        entry = _MASKS[id(networks)] = (networks, tuple((n.version, int(n.network_address), int(n.netmask))
+                                                        for n in networks))
+    return entry[1]
+
+
 def is_trusted(addr: IPAddress, trusted: Networks) -> bool:
-    return any(addr in net for net in trusted)
+    """``addr`` in one of ``trusted`` (integer masks: ``addr in net`` costs a microsecond each)."""
+    version, value = addr.version, int(addr)
+    return any(v == version and value & mask == net for v, net, mask in _masks(trusted))
 
 
 def _split(value: str, sep: str) -> list[str]:
@@ -204,20 +239,27 @@ def client_address(peer: Any, headers: Any = None, trusted: Networks | Iterable[
         request = peer  # client_address(request, trusted)
         trusted = headers if headers is not None else trusted
         peer, headers = request.remote, request.headers
-    networks: Networks = trusted if _is_networks(trusted) else parse_networks(trusted)  # type: ignore[assignment,arg-type]
+    networks: Networks = trusted if (id(trusted) in _MASKS or _is_networks(trusted)) else \
+        parse_networks(trusted)  # type: ignore[assignment,arg-type]
     if peer is None:
         return None
-    current = normalise(peer) if not isinstance(peer, str) else parse_address(peer)
+    current = normalise(peer) if not isinstance(peer, str) else _parse_cached(peer)
     if current is None or not networks or not is_trusted(current, networks):
         return current
     for hop in reversed(hops(headers or (), header)):
-        addr = parse_address(hop) if hop is not None else None
+        addr = _parse_cached(hop) if hop is not None else None
         if addr is None:  # unreadable or obfuscated hop: the last address we could read stands
             return current
         current = addr
         if not is_trusted(addr, networks):
             return addr
     return current
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> IPAddress | None:
+    """Peers and forwarded addresses repeat (proxies, a player's many requests): parse each once."""
+    return parse_address(text)
 
 
 def _is_networks(value: object) -> bool:

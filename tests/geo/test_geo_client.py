@@ -134,3 +134,13 @@ def test_any_header_gives_an_address_and_never_raises(text: str) -> None:
     result = client_address("10.0.0.1", [("Forwarded", text)], TRUSTED, header=FORWARDED)
     assert result is not None
     assert client_address("89.160.20.112", [("X-Forwarded-For", text)], TRUSTED) == ip("89.160.20.112")
+
+
+@given(st.one_of(st.text(alphabet="0123456789.²٣ x", max_size=20).filter(lambda t: ":" not in t),
+                 st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t)))))
+def test_fast_ipv4_parser_agrees_with_ipaddress(text: str) -> None:
+    try:
+        expected: object = ipaddress.IPv4Address(text.strip())  # proxies' padding is forgiven
+    except ValueError:
+        expected = None
+    assert parse_address(text) == expected
