@@ -7,13 +7,17 @@ phases (pingora style):
    normalised path) and cut the query off;
 2. ``legato.urls.parse``: 400 for hostile paths, 404 for paths outside the
    URL space;
-3. method: OPTIONS (CORS preflight), GET and HEAD; anything else is 405 with
-   ``Allow``;
-4. ``/metrics`` and ``/healthz``, or a store object: open it (origin.store),
+3. ``/keys/{kid}`` and ``/license/clearkey`` go to the key service
+   (origin.keyservice) when ``[keys] store`` is configured; without one
+   they are 404 "no key service on this origin";
+4. method: OPTIONS (CORS preflight), GET and HEAD; anything else is 405
+   with ``Allow``;
+5. ``/metrics`` and ``/healthz``, or a store object: open it (origin.store),
    let ``legato.http.evaluate`` decide 200/206/304/412/416, send it.
 
 Every response carries CORS headers and ``Server: legato``; every error a
-one-line plain-text reason.  Request bodies are never read.
+one-line plain-text reason (the key service's are JSON).  Request bodies are
+never read, except licence requests by the key service.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from legato.web import ALLOW, base_headers, target_path
 from legato.web import error as web_error
 from legato.web import options as web_options
 from origin.config import OriginConfig
+from origin.keyservice import KeyService
 from origin.store import Store, StoreObject
 
 log = logging.getLogger("legato.origin")
@@ -45,6 +50,8 @@ METRICS: web.AppKey[RequestMetrics] = web.AppKey("metrics", RequestMetrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("origins", tuple)
 CACHE_CONTROL: web.AppKey[dict[urls.Kind, str]] = web.AppKey("cache_control", dict)
+KEY_SERVICE: web.AppKey[KeyService | None] = web.AppKey("key_service")
+KEY_KINDS = frozenset({urls.Kind.KEY, urls.Kind.CLEARKEY})
 
 
 def create_app(config: OriginConfig, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -61,6 +68,17 @@ def create_app(config: OriginConfig, *, clock: Callable[[], float] = time.time) 
         chunk_bytes=config.stream_chunk_kb << 10,
     )
     app[METRICS] = RequestMetrics("origin")
+    app[KEY_SERVICE] = None
+    if config.keys.store is not None:  # secrets are loaded here, in each worker, never before a fork
+        from origin import keyservice
+
+        service = app[KEY_SERVICE] = keyservice.create(config, clock=clock, origins=app[ORIGINS],
+                                                       registry=app[METRICS].registry)
+
+        async def close_key_store(_: web.Application) -> None:
+            service.close()
+
+        app.on_cleanup.append(close_key_store)
     observers: tuple[Observer, ...] = (app[METRICS],)
     app[OBSERVERS] = observers
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
@@ -98,6 +116,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route is None:
         return error(request, 404, "no such path")
     request[KIND_KEY] = route.kind.value
+    service = request.app[KEY_SERVICE]
+    if service is not None and route.kind in KEY_KINDS:
+        return await service.handle(request, route)
     method = request.method
     if method == hdrs.METH_OPTIONS:
         return options(request)

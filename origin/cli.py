@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve a packaged store over HTTP (HLS, DASH, CMAF segments, licences)",
         description="Serve a store written by `legato package` over Legato's URL space.\n\n"
         "Settings are read from --config (TOML) when given; flags override the file.\n"
+        "With [keys] store and [tokens] public_keys in the config it is also the key and licence\n"
+        "service: GET /keys/{kid}?token=... and POST /license/clearkey?token=... (see config/drm.toml).\n"
         "Once listening, prints one line to stdout: 'origin listening on http://HOST:PORT'.\n"
         "SIGTERM/SIGINT stop accepting, finish in-flight responses and exit 0.",
         formatter_class=HelpFormatter,
@@ -52,6 +54,19 @@ def load_config(args: argparse.Namespace) -> OriginConfig:
         raise cfg.ConfigError(f"command line: {exc}") from None
 
 
+def check_key_service(config: OriginConfig) -> str | None:
+    """Open the key store and load the public keys once (then close): the problem, or None."""
+    from drm.config import load_master_key, load_public_keys
+    from drm.keys import KeyStore, KeyStoreError
+
+    try:
+        load_public_keys(config.tokens)
+        with KeyStore.open(config.keys.require_store(), load_master_key(config.keys), create=False):
+            return None
+    except (cfg.ConfigError, KeyStoreError) as exc:
+        return str(exc)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``legato origin``; returns the exit status."""
     try:
@@ -65,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if not config.store.is_dir():
         print(f"legato origin: store {config.store}: not a directory", file=sys.stderr)
         return 2
+    if config.keys.store is not None:  # the key service: fail now on a bad key store, master or public key
+        error = check_key_service(config)
+        if error:
+            print(f"legato origin: {error}", file=sys.stderr)
+            return 2
     options = ServeOptions(role="origin", listen=config.listen, workers=config.workers,
                            access_log=config.access_log, shutdown_timeout=config.shutdown_timeout)
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from drm.config import KeysConfig, TokensConfig
+from geo.client import Networks, parse_networks
 from legato.config import section, setting
 from legato.http import parse_origins
 
@@ -33,6 +35,9 @@ class OriginConfig:
     memory_cache_mb: int = setting(256, "per-worker in-memory cache of small store files (MiB; 0 disables)")
     memory_object_max_kb: int = setting(4096, "files up to this size (KiB) are served from memory; larger are streamed")
     stream_chunk_kb: int = setting(256, "read size (KiB) when streaming large files")
+    trusted_proxies: tuple[str, ...] = setting((), "CIDR networks (the cache tiers, a load balancer) whose X-Forwarded-For names the client, for address-bound tokens at the key service")
+    keys: KeysConfig = section(KeysConfig, "the key store; with [keys] store set this origin also serves /keys/{kid} and /license/clearkey")  # noqa: RUF009
+    tokens: TokensConfig = section(TokensConfig, "session tokens the key service accepts (public keys, skew, per-session rate)")  # noqa: RUF009
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 256:
@@ -48,6 +53,21 @@ class OriginConfig:
             parse_origins(self.cors_origin)
         except ValueError as exc:
             raise ValueError(f"cors_origin {self.cors_origin!r}: {exc}") from None
+        self.trusted_networks()
+        if self.keys.store is not None:
+            if not self.tokens.public_keys:
+                raise ValueError("tokens.public_keys is empty but [keys] store turns the key service on: "
+                                 "it could verify no token")
+            store, keys = self.store.resolve(), self.keys.store.resolve()
+            if keys == store or store in keys.parents:
+                raise ValueError(f"keys.store {self.keys.store} is inside the served store {self.store}: "
+                                 "the key store must live outside it")
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"listen {self.listen!r} is not HOST:PORT")
+
+    def trusted_networks(self) -> Networks:
+        try:
+            return parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies {exc}") from None
