@@ -155,3 +155,12 @@ def test_adjacent_windows_do_not_overlap_and_record_track_must_match() -> None:
                {"allow": ["GB"], "not_before": "2025-01-01T00:00:00Z"}])
     with pytest.raises(LicenceError, match="record is for 'song', not 'other'"):
         Licence.from_json(record(), track="other")
+
+
+def test_shipped_example_record_is_valid() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config" / "licenses" / "joga.json"
+    licence = Licence.from_json(example.read_bytes(), track="joga")
+    assert decide(licence, "SE", ts("2025-06-01T00:00:00")).replacement == "joga-radio-edit"
+    assert decide(licence, "US", ts("2025-06-01T00:00:00")).model == "ad-supported"

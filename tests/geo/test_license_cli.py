@@ -162,3 +162,13 @@ def test_show_missing_and_invalid(cli, store: Path) -> None:  # type: ignore[no-
 def test_help_explains(cli) -> None:  # type: ignore[no-untyped-def]
     assert "WW" in cli("license", "--help").stdout
     assert "line numbers" in cli("license", "import", "--help").stdout
+
+
+def test_shipped_example_csv_imports(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "store"
+    for track in ("joga", "joga-radio-edit"):
+        (store / "tracks" / track).mkdir(parents=True)
+        (store / "tracks" / track / "track.json").write_text("{}")
+    example = Path(__file__).resolve().parents[2] / "config" / "licenses" / "example.csv"
+    cli("license", "import", str(example), "--store", str(store))
+    assert read(store, "joga") == Licence.from_json((example.parent / "joga.json").read_bytes())
