@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import uuid
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import m3u8
 import pytest
@@ -98,3 +102,109 @@ def test_real_track_manifests_agree_with_track_json(packaged_track: tuple[Path, 
         for s in r["segments"]:
             assert (root / r["id"] / s["name"]).stat().st_size == s["bytes"]
     assert sum(s["duration"] for s in doc["renditions"][0]["segments"]) == pytest.approx(doc["duration"], abs=1e-5)
+
+
+# --- protected renditions ---------------------------------------------------------
+
+KID = "00112233445566778899aabbccddeeff"
+
+
+def _protected_track(scheme: str, kids: tuple[str, str] = (KID, KID)) -> catalog.Track:
+    out = []
+    for r, kid in zip(_track().renditions, kids):
+        segs = tuple(dataclasses.replace(s, iv=f"{s.number:032x}" if scheme == "hls-aes128" else None)
+                     for s in r.segments)
+        out.append(dataclasses.replace(r, segments=segs, scheme=scheme, kid=kid))
+    return catalog.Track("t1", 20.0, 6.0, tuple(out))
+
+
+def test_hls_aes128_playlists() -> None:
+    track = _protected_track("hls-aes128")
+    master = m3u8.loads(hls.master_playlist(track))
+    assert [p.uri for p in master.playlists] == ["hls-aes128/aac-96k/index.m3u8", "hls-aes128/flac/index.m3u8"]
+    text = hls.media_playlist(track.renditions[0])
+    lines = text.splitlines()
+    # the init segment is clear: EXT-X-MAP comes before any key tag (RFC 8216 §4.3.2.4)
+    assert lines.index('#EXT-X-MAP:URI="init.mp4"') < min(i for i, ln in enumerate(lines) if ln.startswith("#EXT-X-KEY"))
+    playlist = m3u8.loads(text)
+    assert playlist.segment_map[0].uri == "init.mp4"
+    for seg, rseg in zip(playlist.segments, track.renditions[0].segments):
+        assert (seg.key.method, seg.key.uri, seg.key.iv) == ("AES-128", f"/keys/{KID}", f"0x{rseg.number:032x}")
+    assert len({s.key.iv for s in playlist.segments}) == len(playlist.segments)
+
+
+def test_hls_refuses_cenc_and_missing_ivs() -> None:
+    with pytest.raises(ValueError):
+        hls.media_playlist(_protected_track("cenc").renditions[0])
+    broken = dataclasses.replace(_track().renditions[0], scheme="hls-aes128", kid=KID)
+    with pytest.raises(ValueError, match="no key id or IV"):
+        hls.media_playlist(broken)
+
+
+NS = {"mpd": dash.NS, "cenc": dash.CENC_NS, "clearkey": dash.CLEARKEY_NS}
+
+
+def _check_protection(parent: ET.Element, kid: str) -> None:
+    cps = parent.findall("mpd:ContentProtection", NS)
+    assert [cp.get("schemeIdUri") for cp in cps] == ["urn:mpeg:dash:mp4protection:2011",
+                                                    "urn:uuid:e2719d58-a985-b3c9-781a-b030af78d30e"]
+    assert cps[0].get("value") == "cenc"
+    assert cps[0].get(f"{{{dash.CENC_NS}}}default_KID") == str(uuid.UUID(kid))
+    laurl = cps[1].find("clearkey:Laurl", NS)
+    assert laurl is not None and laurl.text == "/license/clearkey" and laurl.get("Lic_type") == "EME-1.0"
+    pssh_el = cps[1].find("cenc:pssh", NS)
+    assert pssh_el is not None and pssh_el.text
+    box = base64.b64decode(pssh_el.text)
+    assert box[4:8] == b"pssh" and box[8] == 1  # version 1: lists KIDs
+    assert box[12:28] == bytes.fromhex("1077efecc0b24d02ace33c1e52e2fb4b")
+    assert int.from_bytes(box[28:32], "big") == 1 and box[32:48] == bytes.fromhex(kid)
+
+
+def test_cenc_mpd_content_protection_on_the_adaptation_sets() -> None:
+    text = dash.mpd(_protected_track("cenc"))
+    root = ET.fromstring(text)
+    sets = root.findall("mpd:Period/mpd:AdaptationSet", NS)
+    assert len(sets) == 2
+    for aset in sets:
+        _check_protection(aset, KID)
+        assert aset[0].tag == f"{{{dash.NS}}}ContentProtection"  # first, as the schema orders them
+        for rep in aset.findall("mpd:Representation", NS):
+            assert not rep.findall("mpd:ContentProtection", NS)
+            tmpl = rep.find("mpd:SegmentTemplate", NS)
+            assert tmpl is not None
+            assert tmpl.get("initialization") == "cenc/$RepresentationID$/init.mp4"
+            assert tmpl.get("media") == "cenc/$RepresentationID$/seg-$Number%05d$.m4s"
+    mpd = MPEGDASHParser.parse(text)  # an independent parser still reads it
+    assert [[r.id for r in s.representations] for s in mpd.periods[0].adaptation_sets] == [["aac-96k"], ["flac"]]
+
+
+def test_cenc_mpd_per_rendition_keys_go_on_the_representations() -> None:
+    other = "ffeeddccbbaa99887766554433221100"
+    aac = _protected_track("cenc").renditions[0]
+    track = catalog.Track("t1", 20.0, 6.0, (aac, dataclasses.replace(aac, id="aac-160k", kid=other)))
+    root = ET.fromstring(dash.mpd(track))
+    (aset,) = root.findall("mpd:Period/mpd:AdaptationSet", NS)
+    assert not aset.findall("mpd:ContentProtection", NS)
+    reps = aset.findall("mpd:Representation", NS)
+    for rep, kid in zip(reps, (KID, other)):
+        _check_protection(rep, kid)
+
+
+def test_writers_pick_their_scheme_from_a_track_with_both() -> None:
+    both = catalog.Track("t1", 20.0, 6.0, _protected_track("hls-aes128").renditions
+                         + _protected_track("cenc").renditions)
+    assert all(p.uri.startswith("hls-aes128/") for p in m3u8.loads(hls.master_playlist(both)).playlists)
+    assert "hls-aes128/" not in dash.mpd(both) and "cenc/$RepresentationID$" in dash.mpd(both)
+    with pytest.raises(ValueError, match="no rendition for DASH"):
+        dash.mpd(_protected_track("hls-aes128"))
+
+
+def test_catalog_round_trip_keeps_scheme_kid_and_iv_and_clear_records_unchanged() -> None:
+    track = _protected_track("hls-aes128")
+    doc = catalog.to_json(track)
+    assert doc["renditions"][0]["path"] == "hls-aes128/aac-96k" and doc["renditions"][0]["kid"] == KID
+    assert catalog.from_json(json.loads(json.dumps(doc))) == track
+    clear = catalog.to_json(_track())
+    assert all("scheme" not in r and "kid" not in r for r in clear["renditions"])
+    assert all("iv" not in s for r in clear["renditions"] for s in r["segments"])
+    assert catalog.from_json(clear) == _track()
