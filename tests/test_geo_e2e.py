@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import NodeProcess, node_process
-from test_tiers import get, metric
 
 from drm import tokens
 
@@ -95,6 +97,27 @@ def nodes(geo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             yield o, e
     finally:
         os.environ.pop("LEGATO_ADMIN_TOKEN", None)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in get(url + "/metrics")[2].decode().splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m and m.group(1) == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+    return total
 
 
 def from_(addr: str, **more: str) -> dict[str, str]:
@@ -199,8 +222,6 @@ def test_decisions_are_counted_by_reason_and_country(nodes: tuple[NodeProcess, N
 
 def purge(node: NodeProcess, path: str) -> None:
     req = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    import urllib.request
-
     r = urllib.request.Request(node.url + "/admin/purge", data=json.dumps({"path": path}).encode(), headers=req,
                                method="POST")
     with urllib.request.urlopen(r, timeout=10) as resp:
