@@ -78,7 +78,7 @@ class TokensConfig:
     rate_per_session: float = setting(10.0, "key and licence requests per second allowed per session "
                                       "(token bucket refill rate)")
     burst: int = setting(20, "key and licence requests a session may make at once (bucket size)")
-    rate_sessions: int = setting(100_000, "sessions the rate limiter remembers at most "
+    rate_sessions: int = setting(100_000, "sessions the rate limiter (and tokens the key service's verifier) remembers at most "
                                  "(least recently seen are dropped first)")
 
     def __post_init__(self) -> None:

@@ -9,8 +9,9 @@ answer.  Each request runs the same phases:
    take GET/HEAD, licences POST; anything else is 405;
 2. **size and type** (licences): a body over ``MAX_BODY`` is 413, a
    multipart form (which cannot be a raw JSON body) is 415;
-3. **token**: ``?token=…`` verified by ``drm.tokens.verify`` with the public
-   keys of ``[tokens]``, the clock and skew, and the client address (the
+3. **token**: ``?token=…`` verified (``drm.tokens.Verifier``: a token's
+   signature is checked once, then remembered) with the public keys of
+   ``[tokens]``, the clock and skew, and the client address (the
    socket peer, or the X-Forwarded-For of ``trusted_proxies``, i.e. the cache
    tiers) for address-bound tokens: 401 / 403;
 4. **rate**: one token from the session's bucket (``drm.ratelimit``): 429 with
@@ -46,7 +47,7 @@ from aiohttp import hdrs, web
 from drm import clearkey
 from drm.keys import KeyStore, KeyStoreError, StoredKey
 from drm.ratelimit import RateLimiter
-from drm.tokens import Claims, TokenError, verify
+from drm.tokens import Claims, TokenError, Verifier
 from geo import client as geo_client
 from geo.client import Networks
 from legato import urls
@@ -76,14 +77,13 @@ class KeyService:
     """Answers key and licence requests (see the module docstring)."""
 
     def __init__(self, store: KeyStore, public_keys: Mapping[str, Ed25519PublicKey], *, skew: float,
-                 limiter: RateLimiter, client_ip: Callable[[web.Request], str | None],
+                 limiter: RateLimiter, verified_tokens: int, client_ip: Callable[[web.Request], str | None],
                  clock: Callable[[], float], origins: tuple[str, ...], node: str,
                  registry: CollectorRegistry) -> None:
         from prometheus_client import Counter
 
         self.store = store
-        self.public_keys = public_keys
-        self.skew = skew
+        self.tokens = Verifier(public_keys, skew=skew, max_entries=verified_tokens)
         self.limiter = limiter
         self.client_ip = client_ip
         self.clock = clock
@@ -136,8 +136,8 @@ class KeyService:
             return self.refuse(request, route, 401, "malformed")
         now = self.clock()
         try:
-            claims = verify(tokens[0] if tokens else None, self.public_keys, now=now,
-                            client_ip=self.client_ip(request) or "", skew=self.skew)
+            claims = self.tokens.verify(tokens[0] if tokens else None, now=now,
+                                        client_ip=self.client_ip(request) or "")
         except TokenError as exc:
             return self.refuse(request, route, exc.status, exc.reason)
         wait = self.limiter.take(claims.session, now)
@@ -235,7 +235,7 @@ def create(config: Any, *, clock: Callable[[], float], origins: tuple[str, ...],
     except BaseException:
         store.close()
         raise
-    return KeyService(store, public_keys, skew=tokens.skew,
+    return KeyService(store, public_keys, skew=tokens.skew, verified_tokens=tokens.rate_sessions,
                       limiter=RateLimiter(tokens.rate_per_session, tokens.burst, max_keys=tokens.rate_sessions),
                       client_ip=functools.partial(client_address, trusted=config.trusted_networks()),
                       clock=clock, origins=origins, node="origin", registry=registry)

@@ -332,3 +332,66 @@ def test_any_issued_token_verifies_to_its_claims(user: str, session: str, tracks
     assert claims.exp == int(now + ttl) and claims.key_id == "k2"
     assert expect_refusal(token, now=now + ttl + 31).reason == "expired"
     assert expect_refusal(token, now=now, track="zz-not-one-of-them" + tracks[0]).reason == "wrong track"
+
+
+# ---------------------------------------------------------------- Verifier (remembered signature checks)
+
+
+def outcome(fn: object, *args: object, **kw: object) -> object:
+    try:
+        return fn(*args, **kw)  # type: ignore[operator]
+    except TokenError as exc:
+        return ("refused", exc.reason, exc.status)
+
+
+def test_verifier_remembers_authenticated_tokens_only() -> None:
+    v = tokens.Verifier(PUBLIC, skew=30, max_entries=3)
+    assert v.verify(TOKEN, now=NOW) == verify(TOKEN, PUBLIC, now=NOW)
+    assert v.verify(TOKEN, now=NOW + 10, track="sunrise") and (v.hits, v.misses) == (1, 1)
+    # the checks that depend on the request still run on a remembered token
+    for kw in ({"track": "dusk"}, {"now": NOW + 1000}, {"now": NOW - 100}):
+        with pytest.raises(TokenError):
+            v.verify(TOKEN, **{"now": NOW, **kw})  # type: ignore[arg-type]
+    bound = good_token(bind_ip="192.0.2.1")
+    v.verify(bound, now=NOW, client_ip="192.0.2.1")
+    with pytest.raises(TokenError, match="wrong address"):
+        v.verify(bound, now=NOW, client_ip="192.0.2.2")
+    head, _ = TOKEN.rsplit(".", 1)
+    for _ in range(3):  # failures are never remembered
+        with pytest.raises(TokenError, match="bad signature"):
+            v.verify(f"{head}.{b64url_encode(bytes(64))}", now=NOW)
+    assert len(v) == 2
+    for i in range(10):
+        v.verify(good_token(session=f"s{i}"), now=NOW)
+    assert len(v) == 3  # bounded
+    expired = good_token(now=NOW - 1000)
+    with pytest.raises(TokenError, match="expired"):
+        v.verify(expired, now=NOW)
+    assert expired not in v._memo
+    for token in (None, "", 5):
+        with pytest.raises(TokenError):
+            v.verify(token, now=NOW)  # type: ignore[arg-type]
+
+
+def test_a_verifier_knows_only_its_own_keys() -> None:
+    v1 = tokens.Verifier({"k1": K1.public_key()})
+    v2 = tokens.Verifier({"k2": K2.public_key()})
+    v1.verify(TOKEN, now=NOW)
+    with pytest.raises(TokenError, match="unknown signing key"):
+        v2.verify(TOKEN, now=NOW)
+
+
+@fuzz
+@given(st.data())
+def test_verifier_agrees_with_verify(data: st.DataObject) -> None:
+    v = tokens.Verifier(PUBLIC, skew=30, max_entries=4)
+    pool = [TOKEN, OTHER_TOKEN, good_token(bind_ip="192.0.2.1"), good_token(now=NOW - 200, tracks=("dusk",))]
+    for _ in range(data.draw(st.integers(1, 12))):
+        token = data.draw(st.sampled_from(pool))
+        if data.draw(st.booleans()):
+            i = data.draw(st.integers(0, len(token) - 1))
+            token = token[:i] + chr(ord(token[i]) ^ 1) + token[i + 1:]
+        kw = {"now": NOW + data.draw(st.integers(-100, 400)),
+              "track": data.draw(st.sampled_from((None, "sunrise", "dusk"))),
+              "client_ip": data.draw(st.sampled_from((None, "192.0.2.1", "192.0.2.9")))}
+        assert outcome(v.verify, token, **kw) == outcome(verify, token, PUBLIC, skew=30, **kw)
