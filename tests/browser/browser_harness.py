@@ -174,11 +174,15 @@ class Browser:
         rendition: str = "",
         rate: float = 16.0,
         timeout: float = 60.0,
+        extra: dict[str, str] | None = None,
     ) -> PlayResult:
-        """Open the test page and wait until the page reports 'ended' or 'error' (or `timeout`)."""
+        """Open the test page and wait until the page reports 'ended' or 'error' (or `timeout`).
+
+        `extra`: more page parameters (see player.html: keytoken, license).
+        """
         self.console()  # drop what earlier pages logged
         query = urlencode(
-            {"player": player, "src": src, "rendition": rendition, "rate": rate}
+            {"player": player, "src": src, "rendition": rendition, "rate": rate, **(extra or {})}
         )
         started = time.monotonic()
         self.driver.get(f"{page_url}/player.html?{query}")
