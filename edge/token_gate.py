@@ -3,7 +3,9 @@
 ``TokenGate`` (a ``Gate``, see edge/gates.py) checks ``?token=…`` on every
 request that leads to a key: manifests (``MASTER``, ``MPD``,
 ``MEDIA_PLAYLIST``), keys (``KEY``) and ClearKey licences (``CLEARKEY``),
-with ``drm.tokens.verify`` and only the public keys of ``[tokens]``:
+with ``drm.tokens`` (a ``Verifier``: a token's signature is checked once,
+its time, track and address on every request) and only the public keys of
+``[tokens]``:
 
 * the track is the route's: a token for another track is ``wrong track``
   (403).  ``/keys/{kid}`` and ``/license/clearkey`` name no track; for them
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from drm.tokens import TokenError, verify
+from drm.tokens import TokenError, Verifier
 from edge.gates import CLAIMS_KEY, EdgeMetrics, Node, client_address, refuse
 from edge.rewrite import GATED_KINDS, TOKEN_PARAM, rewrite_hls, rewrite_mpd
 from legato import urls
@@ -67,8 +69,7 @@ class TokenGate:
     def __init__(self, public_keys: Mapping[str, Ed25519PublicKey], *, skew: float, required: bool,
                  limiter: RateLimiter, metrics: EdgeMetrics,
                  client_ip: Callable[[web.Request], str | None] = client_address) -> None:
-        self.public_keys = public_keys
-        self.skew = skew
+        self.verifier = Verifier(public_keys, skew=skew)  # remembers tokens that authenticated (one Ed25519 check each)
         self.required = required
         self.limiter = limiter
         self.metrics = metrics
@@ -89,8 +90,8 @@ class TokenGate:
             return self._refuse(request, node, 401, "malformed")
         now = node.clock()
         try:
-            claims = verify(tokens[0] if tokens else None, self.public_keys, now=now, track=route.track,
-                            client_ip=self.client_ip(request) or "", skew=self.skew)
+            claims = self.verifier.verify(tokens[0] if tokens else None, now=now, track=route.track,
+                                          client_ip=self.client_ip(request) or "")
         except TokenError as exc:
             return self._refuse(request, node, exc.status, exc.reason)
         if route.kind in RATE_LIMITED_KINDS:
