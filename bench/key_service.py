@@ -8,32 +8,43 @@ bucket, read the kid from the SQLite key store and unwrap it (AES-256-GCM).
 
 Setup (in a temporary directory, torn down afterwards): a key store with one
 key for each of ``--tracks`` tracks, a master key file, an Ed25519 signing
-key pair, and ``--sessions`` tokens, each for one random track, so requests
-spread over sessions the way listeners do (and the per-session rate limit,
-10/s with bursts of 20 as in config/drm.toml, is the production one, not
-switched off).  One real ``legato origin`` process serves them with one
-worker, access log on (written to a file, as in production).
+key pair, ``--sessions`` session tokens each for one random track (requests
+spread over sessions as listeners do; the per-session rate limit, 10/s with
+bursts of 20 as in config/drm.toml, is the production one, not switched
+off), and one *fresh* token per request of the cold runs.  One real
+``legato origin`` process serves them with one worker, access log on
+(written to a file, as in production).
 
-Runs, one after the other:
+Tokens and the signature memo: the key service checks a token's Ed25519
+signature once and remembers it (drm.tokens.Verifier), so a request whose
+token the worker has seen costs less than one whose token is new.  A
+session asks origin for only a few keys (one per rendition it plays, or one
+licence), so at origin most tokens are new: the **cold** runs, a token
+never seen before on every request, are the honest measure; the **warm**
+run (the sessions' tokens over and over) is the best case.
 
-1. **closed loop**: ``wrk`` (one thread, ``--connections`` keep-alive
+Runs, one after the other, each after ``--warmup`` untimed seconds:
+
+1. **closed loop, warm**: ``wrk`` (one thread, ``--connections`` keep-alive
    connections, a Lua script cycling through the sessions' key URLs) for
    ``--wrk-seconds``: the most requests/s one worker answers.
-2. **fixed rate** (open loop): ``--rate`` GETs per second for ``--seconds``
-   from an asyncio client on uvloop, a request sent every 1/rate s whatever
-   the answers do (over a pool of keep-alive connections, opening more when
-   all are busy), each timed from its *scheduled* send time to its last
-   byte, so a stall is charged to every request it delays (no coordinated
-   omission).  Target: p99 < 10 ms.
-3. **fixed rate, licences**: the same for ``POST /license/clearkey`` with a
-   one-kid EME licence request, for ``--licence-seconds``.
+2. **fixed rate** (open loop): ``--rate`` requests per second from an
+   asyncio client on uvloop, one sent every 1/rate s whatever the answers do
+   (over a pool of keep-alive connections, opening more when all are busy,
+   up to 256), each timed from its *scheduled* send time to its last byte,
+   so a stall is charged to every request it delays (no coordinated
+   omission).  Target: p99 < 10 ms.  ``GET /keys/{kid}`` cold for
+   ``--seconds``, warm for ``--warm-seconds``, then ``POST
+   /license/clearkey`` (a one-kid EME licence request) cold for
+   ``--licence-seconds``.
 
 Server CPU per request comes from /proc/PID/stat over each run.  The client
-shares the machine (2 cores here: wrk or the Python client on one, the
-origin on the other), so the closed-loop figure is a floor.
+shares the machine (2 cores here: the client on one, the origin on the
+other, and whatever else runs), so latencies are upper bounds and the
+closed-loop figure is a floor; the load average is recorded.
 
-    python bench/key_service.py                     # ~50 s; writes bench/results/key_service.{json,md}
-    python bench/key_service.py --seconds 5 --wrk-seconds 3 --licence-seconds 0 --out /tmp/k   # quick look
+    python bench/key_service.py                     # ~55 s; writes bench/results/key_service.{json,md}
+    python bench/key_service.py --seconds 5 --warm-seconds 0 --wrk-seconds 3 --licence-seconds 0 --out /tmp/k
 
 Exits 0 whether or not the target is met; 1 when a run sees errors or non-200 answers.
 """
@@ -88,10 +99,12 @@ end
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=1000.0, help="fixed request rate (default: 1000/s)")
-    p.add_argument("--seconds", type=float, default=20.0, help="fixed-rate key run length (default: 20)")
-    p.add_argument("--licence-seconds", type=float, default=10.0,
-                   help="fixed-rate licence run length, 0 to skip (default: 10)")
-    p.add_argument("--wrk-seconds", type=float, default=10.0, help="closed-loop wrk run length, 0 to skip (default: 10)")
+    p.add_argument("--seconds", type=float, default=15.0, help="fixed-rate cold key run length (default: 15)")
+    p.add_argument("--warm-seconds", type=float, default=8.0,
+                   help="fixed-rate warm key run length, 0 to skip (default: 8)")
+    p.add_argument("--licence-seconds", type=float, default=8.0,
+                   help="fixed-rate cold licence run length, 0 to skip (default: 8)")
+    p.add_argument("--wrk-seconds", type=float, default=8.0, help="closed-loop wrk run length, 0 to skip (default: 8)")
     p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds before each run (default: 2)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default: 32)")
     p.add_argument("--tracks", type=int, default=500, help="tracks (one key each) in the key store (default: 500)")
@@ -107,8 +120,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Fixture:
     root: Path
     config: Path
+    keys: dict[str, Any]  # track -> ContentKey
+    signer: Any  # Ed25519PrivateKey
     key_paths: list[str]  # /keys/{kid}?token=... one per session
-    licences: list[tuple[str, bytes]]  # (/license/clearkey?token=..., body) one per session
+
+    def fresh(self, count: int, seed: int) -> list[tuple[str, str, bytes]]:
+        """``count`` requests with tokens never used before: (key path, licence path, licence body)."""
+        rng = random.Random(seed)
+        now = time.time()
+        tracks = sorted(self.keys)
+        out = []
+        for i in range(count):
+            track = rng.choice(tracks)
+            token = issue(self.signer, "k1", user=f"u{seed}-{i}", session=f"fresh-{seed}-{i}", tracks=(track,),
+                          now=now, ttl=3600)
+            kid = self.keys[track].kid
+            out.append((f"/keys/{kid.hex()}?token={token}", f"/license/clearkey?token={token}", request_body([kid])))
+        return out
 
 
 def make_fixture(root: Path, tracks: int, sessions: int) -> Fixture:
@@ -131,18 +159,17 @@ def make_fixture(root: Path, tracks: int, sessions: int) -> Fixture:
             ks.put(f"track-{i}", key)
     now = time.time()
     rng = random.Random(7)
-    key_paths, licences = [], []
+    key_paths = []
     for s in range(sessions):
         track = f"track-{rng.randrange(tracks)}"
         token = issue(signer, "k1", user=f"user-{s}", session=f"session-{s}", tracks=(track,), now=now, ttl=3600)
         key_paths.append(f"/keys/{keys[track].kid_hex}?token={token}")
-        licences.append((f"/license/clearkey?token={token}", request_body([keys[track].kid])))
     config = root / "origin.toml"
     config.write_text(f'store = "{store}"\nlisten = "127.0.0.1:0"\nworkers = 1\naccess_log = true\n'
                       f'[keys]\nstore = "{secrets / "keys.sqlite"}"\nmaster_key_file = "{secrets / "master.key"}"\n'
                       f'[tokens]\nrate_per_session = 10.0\nburst = 20\n'
                       f'[tokens.public_keys]\nk1 = "{secrets / "k1.pub.pem"}"\n')
-    return Fixture(root, config, key_paths, licences)
+    return Fixture(root, config, keys, signer, key_paths)
 
 
 @contextmanager
@@ -160,6 +187,7 @@ def origin(fixture: Fixture) -> Iterator[tuple[str, int]]:
 @dataclass
 class FixedRate:
     name: str
+    tokens: str  # "new per request" or "N sessions, repeated"
     rate: float
     seconds: float
     sent: int
@@ -170,6 +198,7 @@ class FixedRate:
     max_connections: int
     server_cpu_s: float
     cpu_us_per_request: float
+    client_cpu_s: float
 
 
 class Conn:
@@ -252,24 +281,25 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def run_fixed(name: str, url: str, pid: int, requests: list[bytes], args: argparse.Namespace,
-              seconds: float) -> FixedRate:
+def run_fixed(name: str, tokens: str, url: str, pid: int, warmup: list[bytes], requests: list[bytes],
+              args: argparse.Namespace, seconds: float) -> FixedRate:
     import uvloop
 
     if args.warmup > 0:
-        uvloop.run(fixed_rate(url, requests, args.rate, args.warmup))
-    cpu0 = cpu_seconds(pid)
+        uvloop.run(fixed_rate(url, warmup, args.rate, args.warmup))
+    cpu0, client0 = cpu_seconds(pid), time.process_time()
     began = time.monotonic()
     latencies, errors, sent, conns = uvloop.run(fixed_rate(url, requests, args.rate, seconds))
     elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pid) - cpu0
+    cpu, client = cpu_seconds(pid) - cpu0, time.process_time() - client0
     ok = len(latencies) - sum(v for k, v in errors.items() if k.startswith("status"))
-    return FixedRate(name=name, rate=args.rate, seconds=seconds, sent=sent, ok=ok, errors=errors,
+    return FixedRate(name=name, tokens=tokens, rate=args.rate, seconds=seconds, sent=sent, ok=ok, errors=errors,
                      achieved_rps=round(len(latencies) / elapsed, 1),
                      latency_ms={f"p{p}": round(percentile(latencies, p), 3) for p in (50, 90, 99, 99.9)}
                      | {"max": round(max(latencies, default=float("nan")), 3)},
                      max_connections=conns, server_cpu_s=round(cpu, 3),
-                     cpu_us_per_request=round(cpu / max(1, len(latencies)) * 1e6, 1))
+                     cpu_us_per_request=round(cpu / max(1, len(latencies)) * 1e6, 1),
+                     client_cpu_s=round(client, 3))
 
 
 def run_wrk(url: str, pid: int, fixture: Fixture, args: argparse.Namespace) -> dict[str, Any]:
@@ -296,30 +326,35 @@ def run_wrk(url: str, pid: int, fixture: Fixture, args: argparse.Namespace) -> d
 
 def report(facts: dict[str, Any], closed: dict[str, Any] | None, fixed: list[FixedRate]) -> str:
     lines = ["# Key service under load", "",
-             f"Measured {facts['date']} on {facts['machine']}; Python {facts['python']}, one `legato origin` worker "
-             f"(access log on), {facts['tracks']} tracks, {facts['sessions']} session tokens, production rate limit "
-             "(10/s, burst 20 per session). Command: `" + facts["command"] + "`.", ""]
+             (f"Measured {facts['date']} on {facts['machine']} (load average {facts['loadavg_before'][0]:.1f} before, "
+             f"{facts['loadavg_after'][0]:.1f} after: the machine is shared); Python {facts['python']}, one "
+             f"`legato origin` worker (access log on), {facts['tracks']} tracks, production rate limit (10/s, "
+             f"burst 20 per session). Command: `{facts['command']}`."), ""]
     if closed is not None:
         lat = closed["latency_ms"]
-        errs = closed["errors"] or "none"
-        lines += ["## Closed loop (wrk): the most one worker answers", "",
-                  "| connections | requests/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-                  "| ---: | ---: | ---: | ---: | ---: | --- |",
-                  (f"| {closed['connections']} | {closed['rps']:.0f} | {lat.get('p50', float('nan')):.2f} | "
-                  f"{lat.get('p99', float('nan')):.2f} | {closed['cpu_us_per_request']:.0f} | {errs} |"), ""]
-    lines += [f"## Fixed rate (open loop, latency from the scheduled send time); target p99 < {TARGET_P99_MS:g} ms", "",
-              ("| endpoint | rate/s | seconds | answered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
-              "server CPU µs/req | connections | errors | p99 target |"),
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+        lines += ["## Closed loop (wrk), warm: the most one worker answers", "",
+                  "| tokens | connections | requests/s | p50 ms | p99 ms | server CPU µs/req | errors |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+                  (f"| {facts['sessions']} sessions, repeated | {closed['connections']} | {closed['rps']:.0f} | "
+                   f"{lat.get('p50', float('nan')):.2f} | {lat.get('p99', float('nan')):.2f} | "
+                   f"{closed['cpu_us_per_request']:.0f} | {closed['errors'] or 'none'} |"), ""]
+    lines += [f"## Fixed rate (open loop, latency from the scheduled send time); target p99 < {TARGET_P99_MS:g} ms",
+              "",
+              ("| endpoint | tokens | rate/s | seconds | answered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
+               "server CPU µs/req | connections | errors | p99 target |"),
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for f in fixed:
         lat = f.latency_ms
         met = "met" if lat["p99"] < TARGET_P99_MS else "MISSED"
-        lines.append(f"| {f.name} | {f.rate:.0f} | {f.seconds:g} | {f.achieved_rps:.0f} | {lat['p50']:.2f} | "
-                     f"{lat['p90']:.2f} | {lat['p99']:.2f} | {lat['p99.9']:.2f} | {lat['max']:.2f} | "
-                     f"{f.cpu_us_per_request:.0f} | {f.max_connections} | {f.errors or 'none'} | {met} |")
-    lines += ["", ("Every answer was checked for status 200 (a 401/403/429 would count as an error). The client "
-              "shares the 2-CPU machine with the server, so these are upper bounds on latency and lower bounds "
-              "on throughput. Method: `bench/key_service.py` docstring.")]
+        lines.append(f"| {f.name} | {f.tokens} | {f.rate:.0f} | {f.seconds:g} | {f.achieved_rps:.0f} | "
+                     f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['p99.9']:.2f} | "
+                     f"{lat['max']:.2f} | {f.cpu_us_per_request:.0f} | {f.max_connections} | "
+                     f"{f.errors or 'none'} | {met} |")
+    lines += ["", ("Every answer was checked for status 200 (a 401/403/429 would count as an error). Cold: every "
+                   "request carries a token the worker has never seen (one Ed25519 verification each); warm: the "
+                   "sessions' tokens again and again (signatures remembered). The client shares the 2-CPU machine "
+                   "with the server and with whatever else runs, so latencies are upper bounds. Method: the "
+                   "`bench/key_service.py` docstring.")]
     return "\n".join(lines) + "\n"
 
 
@@ -329,28 +364,38 @@ def main(argv: list[str] | None = None) -> int:
         print("key_service: wrk is not installed (apt-get install wrk), or pass --wrk-seconds 0", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    loadavg_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="legato-bench-keys-") as tmp:
         fixture = make_fixture(Path(tmp), args.tracks, args.sessions)
+        per_run = round(args.rate * (args.warmup + max(args.seconds, args.licence_seconds)))
+        cold = fixture.fresh(per_run, seed=1)
+        cold_warmup = fixture.fresh(round(args.rate * args.warmup), seed=2)
         with origin(fixture) as (url, pid):
             host = url.removeprefix("http://")
             closed = run_wrk(url, pid, fixture, args) if args.wrk_seconds > 0 else None
             if closed is not None:
                 print(f"closed loop: {closed['rps']:.0f} req/s, p99 {closed['latency_ms'].get('p99')} ms", flush=True)
-            fixed = [run_fixed("GET /keys/{kid}", url, pid,
-                               [raw_request(host, p, None) for p in fixture.key_paths], args, args.seconds)]
+            new = "new per request"
+            fixed = [run_fixed("GET /keys/{kid}", new, url, pid, [raw_request(host, k, None) for k, _, _ in cold_warmup],
+                               [raw_request(host, k, None) for k, _, _ in cold], args, args.seconds)]
+            if args.warm_seconds > 0:
+                warm = [raw_request(host, p, None) for p in fixture.key_paths]
+                fixed.append(run_fixed("GET /keys/{kid}", f"{args.sessions} sessions, repeated", url, pid, warm, warm,
+                                       args, args.warm_seconds))
             if args.licence_seconds > 0:
-                fixed.append(run_fixed("POST /license/clearkey", url, pid,
-                                       [raw_request(host, p, b) for p, b in fixture.licences], args,
-                                       args.licence_seconds))
+                more = fixture.fresh(round(args.rate * (args.warmup + args.licence_seconds)), seed=3)
+                fixed.append(run_fixed("POST /license/clearkey", new, url, pid,
+                                       [raw_request(host, p, b) for _, p, b in cold_warmup],
+                                       [raw_request(host, p, b) for _, p, b in more], args, args.licence_seconds))
             for f in fixed:
-                print(f"{f.name} at {f.rate:.0f}/s: p50 {f.latency_ms['p50']} ms, p99 {f.latency_ms['p99']} ms, "
-                      f"errors {f.errors or 'none'}", flush=True)
+                print(f"{f.name} ({f.tokens}) at {f.rate:.0f}/s: p50 {f.latency_ms['p50']} ms, "
+                      f"p99 {f.latency_ms['p99']} ms, errors {f.errors or 'none'}", flush=True)
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.machine())
     facts = {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} x {cpu_model}",
              "python": platform.python_version(), "tracks": args.tracks, "sessions": args.sessions,
              "command": "python bench/key_service.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "loadavg_after": os.getloadavg()}
+             "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()}
     (args.out / "key_service.json").write_text(json.dumps(
         {"facts": facts, "closed_loop": closed, "fixed_rate": [asdict(f) for f in fixed],
          "target_p99_ms": TARGET_P99_MS}, indent=2) + "\n")

@@ -91,11 +91,18 @@ class KeyService:
         self.node = node
         self.requests = Counter("legato_key_requests", "Key and licence requests by kind and result "
                                 "('ok' or the refusal reason)", ("node", "kind", "result"), registry=registry)
+        self._counters: dict[tuple[urls.Kind, str], Any] = {}  # labelled children: .labels() costs a lock
 
     def close(self) -> None:
         self.store.close()
 
     # ---------------------------------------------------------------- responses
+
+    def _count(self, kind: urls.Kind, result: str) -> None:
+        child = self._counters.get((kind, result))
+        if child is None:
+            child = self._counters[kind, result] = self.requests.labels(self.node, kind.value, result)
+        child.inc()
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = base_headers(request, self.origins)
@@ -107,7 +114,7 @@ class KeyService:
     def refuse(self, request: web.Request, route: urls.Route, status: int, reason: str,
                detail: str = "", **extra: str) -> web.Response:
         """``{"error": "reason[: detail]"}`` with ``status``, counted under ``reason`` (a bounded set)."""
-        self.requests.labels(self.node, route.kind.value, reason).inc()
+        self._count(route.kind, reason)
         if detail:
             reason = f"{reason}: {detail}"
         headers = self._headers(request)
@@ -119,7 +126,7 @@ class KeyService:
         return web.Response(status=status, body=json.dumps({"error": reason}).encode(), headers=headers)
 
     def _ok(self, request: web.Request, route: urls.Route, body: bytes, content_type: str) -> web.Response:
-        self.requests.labels(self.node, route.kind.value, OK).inc()
+        self._count(route.kind, OK)
         headers = self._headers(request)
         headers["Content-Type"] = content_type
         if request.method == hdrs.METH_HEAD:
