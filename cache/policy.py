@@ -574,6 +574,27 @@ class ListenPolicy(EvictionPolicy):
     Operations are O(log n) (a heap with lazy deletion); ~14 us of CPU per
     request in CPython against ~2 for LRU: noise next to serving a segment.
 
+    **Prefetched segments** (the edge's ``prefetch.segments``) arrive as
+    ``insert`` calls that are not requests: a listener is expected within
+    seconds.  Judged like requests, they failed admission or were the first
+    victims (low count, cold track), so ``bench simulate`` found edges with
+    prefetch 2 serving *fewer* hits than LRU and sending ~60% more origin
+    bytes (default workload at 1% and 5% of the working set).  The policy
+    cannot be told which inserts are prefetches, but it can see them: an
+    insert of segment m while the last request of the same rendition was
+    segment n, ``lookahead_min`` (2) <= m - n <= ``lookahead_max``, within
+    ``lookahead_seconds``.  (A client's own miss is segment n + 1 and gives
+    no event before its insert; a prefetch of k segments lands at n + k.)
+    Such an object is not counted as a request and is *held* outside the
+    heap, FIFO, until its first hit (then judged like any object), until
+    ``lookahead_seconds`` pass (then it enters the heap at its own value),
+    or until held bytes exceed ``reserve_share`` of the cache (oldest held
+    goes first).  Measured on a 226k-request trace with prefetch 2, at 1% /
+    5% of the working set: hit ratio 0.29 / 0.47 before, 0.79 / 0.87 after
+    (LRU: 0.71 / 0.84); origin bytes 55 / 45 GB before, 33 / 27 after
+    (LRU 34 / 29).  Without prefetch the change is within 0.6 points.
+    With prefetch 1 every prefetch lands at n + 1 and is judged as before.
+
     Rejected alternatives:
 
     * **S3-FIFO with a position rule** (playlists, init and segments 1-3
@@ -603,6 +624,10 @@ class ListenPolicy(EvictionPolicy):
     stats_factor: ClassVar[int] = 4
     min_stats: ClassVar[int] = 4096
     rtt_bytes: ClassVar[float] = 128 * 1024.0  # bytes that cost as much to fetch as one round trip
+    lookahead_min: ClassVar[int] = 2  # an insert this many segments past the listen's position is a prefetch
+    lookahead_max: ClassVar[int] = 16
+    lookahead_seconds: ClassVar[float] = 30.0  # how long a prefetched segment is held for its listener
+    reserve_share: ClassVar[float] = 0.5  # at most this share of the bytes held for listeners
     _MAX_EXPONENT: ClassVar[float] = 500.0  # rebase the landmark before 2^x overflows
 
     def __init__(self, capacity: int) -> None:
@@ -619,6 +644,11 @@ class ListenPolicy(EvictionPolicy):
         self._scale_value = 1.0
         self._per_rtt_byte = 1.0 / self.rtt_bytes
         self._admitted: tuple[str, float] | None = None
+        self._progress: OrderedDict[str, tuple[int, float]] = OrderedDict()  # init key -> (last segment, when)
+        self._reserve: OrderedDict[str, float] = OrderedDict()  # prefetched, held for the listener: key -> since
+        self._reserve_bytes = 0
+        self._reserve_cap = self.reserve_share * capacity
+        self._lookahead: str | None = None
 
     # -- decayed counts -----------------------------------------------------
     #
@@ -699,6 +729,10 @@ class ListenPolicy(EvictionPolicy):
         stats.weight += weight
         if stats.init_key is not None:
             self._position[stats.segment] = self._position.get(stats.segment, 0.0) + weight
+            self._progress[stats.init_key] = (stats.segment, now)
+            self._progress.move_to_end(stats.init_key)
+            if len(self._progress) > self.min_stats + len(self._priority):
+                self._progress.popitem(last=False)
         elif key.endswith("/init.mp4"):
             self._starts += weight
         return stats
@@ -737,9 +771,25 @@ class ListenPolicy(EvictionPolicy):
     # -- hooks --------------------------------------------------------------
 
     def keys_by_priority(self) -> list[str]:
-        return sorted(self._priority, key=self._priority.__getitem__)
+        return sorted(self._priority, key=self._priority.__getitem__) + list(self._reserve)
+
+    def held_for_listener(self, key: str) -> bool:
+        """Whether ``key`` is a prefetched segment still held for its listener (tests, debugging)."""
+        return key in self._reserve
+
+    def _is_lookahead(self, key: str, now: float) -> bool:
+        """An insert of segment m while this rendition's listen is at n, m - n in [lookahead_min, lookahead_max]."""
+        segment = _segment_of(key) if key.endswith(".m4s") else None
+        if segment is None:
+            return False
+        progress = self._progress.get(segment[0])
+        return (progress is not None and self.lookahead_min <= segment[1] - progress[0] <= self.lookahead_max
+                and now - progress[1] <= self.lookahead_seconds)
 
     def _admit(self, key: str, size: int, now: float) -> bool:
+        if self._is_lookahead(key, now):  # a prefetch, not a request: held for the listener, not judged yet
+            self._lookahead = key
+            return True
         stats = self._observe(key, now)
         value = self._value(stats, size, now)
         self._admitted = (key, value)  # for _attach: nothing it depends on changes in between
@@ -751,6 +801,11 @@ class ListenPolicy(EvictionPolicy):
 
     def _attach(self, key: str, size: int, now: float, state: object) -> None:
         admitted, self._admitted = self._admitted, None
+        lookahead, self._lookahead = self._lookahead, None
+        if state is NEW and lookahead == key:
+            self._reserve[key] = now
+            self._reserve_bytes += size
+            return
         if state is NEW and admitted is not None and admitted[0] == key:
             value = admitted[1]  # _admit counted this request and valued the object
         else:
@@ -758,14 +813,39 @@ class ListenPolicy(EvictionPolicy):
         self._set_priority(key, self._floor + value)
 
     def _detach(self, key: str) -> object:
-        del self._priority[key]
+        if key in self._reserve:
+            del self._reserve[key]
+            self._reserve_bytes -= self._sizes[key]
+        else:
+            del self._priority[key]
         return None
 
     def _touch(self, key: str, now: float) -> None:
+        if key in self._reserve:  # the listener arrived: from now on it is judged like any object
+            del self._reserve[key]
+            self._reserve_bytes -= self._sizes[key]
         stats = self._observe(key, now)
         self._set_priority(key, self._priority_of(stats, self._sizes[key], now))
 
+    def _release(self, key: str, now: float) -> None:
+        """Move a held key into the heap at its own value (its listener did not come)."""
+        del self._reserve[key]
+        self._reserve_bytes -= self._sizes[key]
+        stats = self._stats.get(key) or self._parse(key)
+        self._set_priority(key, self._priority_of(stats, self._sizes[key], now))
+
     def _evict(self, now: float) -> str:
+        reserve = self._reserve
+        while reserve:
+            key, since = next(iter(reserve.items()))
+            if now - since <= self.lookahead_seconds:
+                break
+            self._release(key, now)
+        if reserve and (not self._priority or self._reserve_bytes > self._reserve_cap):
+            key = next(iter(reserve))
+            del reserve[key]
+            self._reserve_bytes -= self._sizes[key]
+            return key
         priority, key = self._lowest()
         heapq.heappop(self._heap)
         del self._priority[key]

@@ -43,9 +43,11 @@ sees, generated from a seed alone:
   factor, plus a ~1 KB ``moof`` (96k AAC ~73 KB, 320k ~240 KB, FLAC ~700 KB
   per 6 s); the last segment is shorter.
 
-Not modelled (yet): bitrate switches within a listen, seeking, live
-popularity drift (new releases), diurnal arrival rates.  Each would be a new
-field of ``MusicWorkload`` with a default that keeps today's traces equal.
+Not modelled here: bitrate switches within a listen, seeking, popularity
+drift (new releases), viral surges, diurnal arrival rates and clients.
+``bench/trace.py`` builds the last four on top of this module's listen model
+(``track_facts``, ``listen_requests``), which keeps this workload (and the
+policy tests that use it) unchanged.
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ __all__ = [
     "Rendition",
     "Request",
     "SimResult",
+    "TrackFacts",
+    "listen_requests",
     "music_trace",
     "simulate",
+    "track_facts",
+    "track_id",
     "unique_bytes",
 ]
 
@@ -383,6 +389,30 @@ def music_trace(workload: MusicWorkload | None = None, seed: int = 0) -> Iterato
             heapq.heappush(pending, (req.time, listen, i, req))
     while pending:
         yield heapq.heappop(pending)[3]
+
+
+TrackFacts = _Track
+"""Per-track facts (id, segments, skip probability, size factor); see ``track_facts``."""
+
+
+def track_facts(workload: MusicWorkload, seed: int, number: int) -> _Track:
+    """The facts of track ``number`` (its id is ``track_id(number)``), drawn from its own generator.
+
+    ``music_trace`` uses the popularity rank as the number; generators with
+    changing popularity (bench/trace.py: churn, surges) use a fixed number per
+    track and map ranks to numbers themselves.
+    """
+    return _track(workload, seed, number)
+
+
+def listen_requests(workload: MusicWorkload, rng: random.Random, track: _Track, rendition: Rendition,
+                    t0: float) -> list[Request]:
+    """The requests of one listen of ``track`` in ``rendition`` starting at ``t0``, in time order.
+
+    The listen model of ``music_trace`` (manifests, init, segments from 1,
+    skips, buffering), for other generators to reuse; draws from ``rng``.
+    """
+    return _listen(workload, rng, track, rendition, t0)
 
 
 def _pick(rng: random.Random, cumulative: Sequence[float]) -> int:
