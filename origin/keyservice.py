@@ -204,8 +204,8 @@ class KeyService:
         session = self._session(request, route)
         if isinstance(session, web.Response):
             return session
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
+        body = await read_body(request, MAX_BODY)
+        if body is None:
             return self.refuse(request, route, 413, "request too large")
         try:
             kids = clearkey.parse_request(body)
@@ -218,6 +218,19 @@ class KeyService:
                 return self.refuse(request, route, 403, "wrong track")
             return self.refuse(request, route, 404, "unknown key")
         return self._ok(request, route, clearkey.license_body(granted), "application/json")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes ``limit`` bytes (``read(n)`` returns what has
+    arrived so far, so a body in several TCP segments needs the loop)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
 
 
 def client_address(request: web.Request, trusted: Networks) -> str | None:

@@ -258,6 +258,21 @@ async def test_clearkey_licence_lenient_inputs(served: Callable[..., Any]) -> No
         assert json.loads(body)["keys"][0]["k"] == b64url_encode(SUNRISE.key)
 
 
+async def test_a_licence_request_in_slow_pieces(served: Callable[..., Any]) -> None:
+    body = request_body([SUNRISE.kid])
+    origin = await served()
+
+    async def slowly() -> AsyncIterator[bytes]:  # each piece its own TCP segment
+        for i in range(0, len(body), 10):
+            await asyncio.sleep(0.02)
+            yield body[i:i + 10]
+
+    status, _, answer = await origin.get(LICENSE, token(), "POST", data=slowly(),
+                                         headers={"Content-Type": "application/json"})
+    assert status == 200, answer
+    assert json.loads(answer)["keys"][0]["k"] == b64url_encode(SUNRISE.key)
+
+
 @pytest.mark.parametrize(("body", "reason"), [
     (b"", "body is not JSON"),
     (b"{not json", "body is not JSON"),
