@@ -132,17 +132,21 @@ class HashRing(abc.ABC):
         loads: Mapping[str, int],
         healthy: Container[str],
         epsilon: float = 0.25,
+        *,
+        floor: int = 0,
     ) -> str | None:
         """The first healthy node in ``key``'s order whose load is under the bound.
 
         None only when no node is healthy.  See the module docstring for the
-        bound; ``epsilon`` trades balance (small) for locality (large).
+        bound; ``epsilon`` trades balance (small) for locality (large).  With
+        ``floor``, a node below that load is never over the bound: with few
+        keys in play, (1 + epsilon) x a small mean would move keys on mere chance.
         """
         live = list(filter(healthy.__contains__, self.nodes))
         if not live:
             load_bound(0, 1, epsilon)  # still reject a bad epsilon
             return None
-        bound = load_bound(sum(map(loads.get, live, itertools.repeat(0))), len(live), epsilon)
+        bound = max(floor, load_bound(sum(map(loads.get, live, itertools.repeat(0))), len(live), epsilon))
         node = self.pick_under(key, loads, healthy, bound)
         if node is None:
             raise AssertionError("unreachable: the least loaded healthy node is under the bound")

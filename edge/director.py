@@ -33,7 +33,9 @@ Which edge (the pure ``Director`` below; ``now`` is an argument):
 3. **Edge**: consistent hashing with bounded loads (cache.ring; ``hashing =
    "maglev"`` by default) of the session id over the region's edges: the
    first edge in the session's order that is healthy and whose load is below
-   ``ceil((1 + load_epsilon) x mean)`` over the region's healthy edges.  A
+   ``ceil((1 + load_epsilon) x mean)`` over the region's healthy edges (or
+   below ``load_floor``: with only a few sessions in the window, 1.25x a
+   small mean would move sessions on mere chance).  A
    region with no healthy edge borrows from all edges (counted as
    ``other-region``).
 
@@ -185,6 +187,8 @@ class DirectorConfig:
     load_epsilon: float = setting(0.25, "bounded loads: an edge takes new sessions while below "
                                   "(1 + load_epsilon) x the mean load of its region's healthy edges")
     load_window: float = setting(300.0, "seconds a redirect counts towards its edge's load (about a track)")
+    load_floor: int = setting(100, "loads below this never count as over the bound: with few sessions in the "
+                              "window, 1.25x a small mean would move sessions on mere chance")
     max_query: int = setting(2048, "longest query string (bytes) passed on; longer is 414")
     default_region: str = setting("default", "region of clients whose country is unknown or in no region, and "
                                   "of edges that name none")
@@ -211,6 +215,8 @@ class DirectorConfig:
             raise ValueError(f"load_epsilon {self.load_epsilon} outside 0..10")
         if not 1 <= self.load_window <= 86_400:
             raise ValueError(f"load_window {self.load_window} outside 1..86400")
+        if not 0 <= self.load_floor <= 10**9:
+            raise ValueError(f"load_floor {self.load_floor} outside 0..1000000000")
         if not 0 <= self.max_query <= 65_536:
             raise ValueError(f"max_query {self.max_query} outside 0..65536")
         if not NAME_RE.fullmatch(self.default_region):
@@ -336,12 +342,12 @@ class Director:
     """Which edge a session goes to: one ring per region, health, recent loads (no I/O)."""
 
     def __init__(self, edges: Sequence[Edge], countries: Mapping[str, str], default_region: str, *,
-                 hashing: str = "maglev", epsilon: float = 0.25, window: float = 300.0, rise: int = 2,
-                 fall: int = 2) -> None:
+                 hashing: str = "maglev", epsilon: float = 0.25, floor: int = 0, window: float = 300.0,
+                 rise: int = 2, fall: int = 2) -> None:
         self.edges = {edge.name: edge for edge in edges}
         self.countries = dict(countries)
         self.default_region = default_region
-        self.epsilon = epsilon
+        self.epsilon, self.floor = epsilon, floor
         make = RINGS[hashing]
         by_region: dict[str, list[str]] = {}
         for edge in edges:
@@ -367,9 +373,10 @@ class Director:
         self.loads.expire(now)
         loads, healthy = self.loads.loads, self.healthy
         ring = self.rings.get(region, self.everywhere)
-        name = ring.pick(session, loads, healthy, self.epsilon)
+        name = ring.pick(session, loads, healthy, self.epsilon, floor=self.floor)
         if name is None or ring is self.everywhere:
-            name = self.everywhere.pick(session, loads, healthy, self.epsilon) if name is None else name
+            if name is None:
+                name = self.everywhere.pick(session, loads, healthy, self.epsilon, floor=self.floor)
             if name is None:
                 return None
             how = OTHER_REGION
@@ -393,7 +400,8 @@ def address_session(addr: IPAddress | None) -> str:
 def director_for(config: DirectorConfig) -> Director:
     edges = [Edge(e.name, check_url(e.url), e.region or config.default_region) for e in config.edges]
     return Director(edges, country_map(config.regions), config.default_region, hashing=config.hashing,
-                    epsilon=config.load_epsilon, window=config.load_window, rise=config.health.rise,
+                    epsilon=config.load_epsilon, floor=config.load_floor, window=config.load_window,
+                    rise=config.health.rise,
                     fall=config.health.fall)
 
 
