@@ -1,0 +1,133 @@
+"""cache.node's hooks in process: Node.fetch_bytes, gates/rewriters taking kinds off the fast path.
+
+A real Node (store, coalescer, upstream) against a real aiohttp upstream on
+127.0.0.1 that counts requests; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from cache.config import CacheSettings, NodeConfig, PrefetchConfig, UpstreamConfig
+from cache.node import Node
+from cache.upstream import UpstreamError
+from legato import urls
+
+LICENCE = b'{"track": "t1", "allow": ["WW"]}'
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.down = False
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return web.Response(text="ok")
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        if self.down:
+            return web.Response(status=503, text="down")
+        if request.path == "/licenses/t1.json":
+            return web.Response(body=LICENCE, headers={"Cache-Control": "public, max-age=60", "ETag": '"l1"'})
+        if request.path == "/licenses/short.json":
+            return web.Response(body=LICENCE, headers={"Cache-Control": "public, max-age=0, stale-if-error=600"})
+        if request.path == "/tracks/t1/master.m3u8":
+            return web.Response(body=b"#EXTM3U\n", headers={"Cache-Control": "public, max-age=60"})
+        return web.Response(status=404, text="no such thing")
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, Upstream]]:
+    up = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", up.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", up
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, upstream: tuple[str, Upstream]) -> AsyncIterator[Node]:
+    config = NodeConfig(name="hooks", upstream=UpstreamConfig(peers=(upstream[0],), deadline=2.0, health_interval=5),
+                        cache=CacheSettings(dir=tmp_path / "cache", size=1 << 26, ram=0),
+                        prefetch=PrefetchConfig(segments=0))
+    n = Node(config, "edge")
+    await n.start()
+    yield n
+    await n.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_fetch_bytes_stores_and_reuses(node: Node, upstream: tuple[str, Upstream]) -> None:
+    _, up = upstream
+    assert await node.fetch_bytes("/licenses/t1.json") == LICENCE
+    await until(lambda: "/licenses/t1.json" in node.store)  # committed just after the body ended
+    assert await node.fetch_bytes("/licenses/t1.json") == LICENCE
+    assert up.hits["/licenses/t1.json"] == 1  # the second read was the stored copy
+    assert await node.fetch_bytes("/licenses/none.json") is None  # 404: no record
+    assert "/licenses/none.json" not in node.store
+
+
+async def test_fetch_bytes_stale_if_error_and_failures(node: Node, upstream: tuple[str, Upstream]) -> None:
+    _, up = upstream
+    assert await node.fetch_bytes("/licenses/short.json") == LICENCE
+    await until(lambda: "/licenses/short.json" in node.store)
+    up.down = True
+    assert await node.fetch_bytes("/licenses/short.json") == LICENCE  # stale, allowed by stale-if-error
+    with pytest.raises(UpstreamError) as err:
+        await node.fetch_bytes("/licenses/t2.json")  # nothing stored, upstream failing
+    assert err.value.status in (502, 503, 504)
+
+
+@pytest.mark.parametrize("path", ["/keys/0123456789abcdef0123456789abcdef", "/license/clearkey", "/metrics",
+                                  "/nowhere", "/tracks/../x"])
+async def test_fetch_bytes_refuses_what_is_not_a_cacheable_object(node: Node, path: str) -> None:
+    with pytest.raises(ValueError):
+        await node.fetch_bytes(path)
+
+
+class _Gate:
+    kinds = frozenset({urls.Kind.MASTER})
+
+    async def check(self, request: web.Request, route: urls.Route, node: Node) -> web.StreamResponse | None:
+        return None
+
+
+class _Rewriter:
+    kinds = frozenset({urls.Kind.MPD})
+
+    def rewrite(self, request: web.Request, route: urls.Route, body: bytes) -> bytes:
+        return body
+
+
+async def test_hooked_kinds_leave_the_fast_path(node: Node) -> None:
+    assert await node.fetch_bytes("/tracks/t1/master.m3u8") == b"#EXTM3U\n"
+    await until(lambda: "/tracks/t1/master.m3u8" in node.store)
+    now = node.clock()
+    hit = node.lookup("/tracks/t1/master.m3u8?token=x", [], now)
+    assert hit is not None  # no hooks: a fresh stored manifest is a fast-path hit
+    hit.close()
+    node.install([_Gate()], [_Rewriter()])
+    assert node.lookup("/tracks/t1/master.m3u8", [], now) is None  # gated: aiohttp (and the gate) decide
+    assert urls.Kind.MPD not in node._fast_kinds and urls.Kind.SEGMENT in node._fast_kinds
+    node.install()
+    hit = node.lookup("/tracks/t1/master.m3u8", [], now)
+    assert hit is not None
+    hit.close()
+
+
