@@ -238,3 +238,24 @@ def test_token_never_logged_or_counted(env: Env) -> None:
 
 def test_claims_key_is_the_licence_gates() -> None:
     assert CLAIMS_KEY is GEO_CLAIMS_KEY or CLAIMS_KEY == GEO_CLAIMS_KEY
+
+
+def test_address_binding_behind_a_trusted_proxy(env: Env, tmp_path: Path) -> None:
+    """Behind a trusted proxy the forwarded client address is the one a bound token is checked against."""
+    pem = tmp_path / "k1.pub.pem"
+    pem.write_bytes(env.key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    bound = env.token(session="bound", bind_ip="81.2.69.160")
+    with node_process("edge", "--listen", "127.0.0.1:0", "--upstream", env.regional.url, "--cache-dir",
+                      str(tmp_path / "cache"), "--no-access-log", "--public-key", f"k1={pem}",
+                      "--trusted-proxy", "127.0.0.0/8") as proxied, \
+            node_process("edge", "--listen", "127.0.0.1:0", "--upstream", env.regional.url, "--cache-dir",
+                         str(tmp_path / "cache2"), "--no-access-log", "--public-key", f"k1={pem}") as direct:
+        url = f"{MASTER_PATH}?token={bound}"
+        assert request(proxied.url + url, headers={"X-Forwarded-For": "81.2.69.160"})[0] == 200
+        status, _, body = request(proxied.url + url, headers={"X-Forwarded-For": "89.160.20.112"})
+        assert (status, json.loads(body)) == (403, {"error": "wrong address"})
+        assert request(proxied.url + url)[0] == 403  # the proxy itself (127.0.0.1) is not the listener
+        # an edge that trusts nobody ignores the header: a spoofed address changes nothing
+        status, _, body = request(direct.url + url, headers={"X-Forwarded-For": "81.2.69.160"})
+        assert (status, json.loads(body)) == (403, {"error": "wrong address"})
