@@ -26,6 +26,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -560,6 +561,91 @@ def test_example_config_loads() -> None:
     config = cfg.load(DirectorConfig, Path(__file__).resolve().parents[2] / "config" / "director.toml")
     core = director_for(config)
     assert sorted(core.rings) == ["eu", "us"] and core.region_of("SE") == "eu" and core.region_of(None) == "eu"
+
+
+# --------------------------------------------------------------------------- config/haproxy.cfg
+
+
+def haproxy_for(config: str, edges: LoopbackEdges, port: int, maps: Path) -> str:
+    """config/haproxy.cfg pointed at 127.0.0.1: our port, the stand-ins, probes every 0.2 s."""
+    text = config.replace("/etc/haproxy/", f"{maps}/").replace("bind :80", f"bind 127.0.0.1:{port}")
+    text = text.replace("maxconn 200000", "maxconn 2000").replace("nbthread 4", "nbthread 1")
+    text = text.replace("inter 1s", "inter 200ms")
+    for i, url in enumerate(edges.urls):
+        text = re.sub(rf"server edge-{i + 1} \S+ redir \S+", f"server edge-{i + 1} {url[7:]} redir {url}", text)
+    return text
+
+
+def test_haproxy_example_does_the_same(tmp_path: Path, signing: tuple[Ed25519PrivateKey, Path]) -> None:
+    """The example ingress, run: sessions by the token's sid (else the address), regions, failover, errors."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy); config/haproxy.cfg not exercised")
+    config = (Path(__file__).resolve().parents[2] / "config" / "haproxy.cfg").read_text()
+    (tmp_path / "country.map").write_text("127.0.0.0/8 GB\n")  # loopback clients are in GB: region eu
+    (tmp_path / "region.map").write_text("GB eu\nUS us\n")
+    edges = LoopbackEdges(3)
+    port = free_port()
+    cfg_path = tmp_path / "haproxy.cfg"
+    cfg_path.write_text(haproxy_for(config, edges, port, tmp_path))
+    check = subprocess.run([haproxy, "-c", "-f", str(cfg_path)], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = (tmp_path / "haproxy.log").open("wb")
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg_path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    key = signing[0]
+    names = {url: f"edge-{i + 1}" for i, url in enumerate(edges.urls)}
+    client = Client(f"http://127.0.0.1:{port}")
+
+    def where(target: str) -> str:
+        location = client.location(target)
+        return next(name for url, name in names.items() if location.startswith(url + "/"))
+
+    try:
+        wait_for(lambda: healthz_ok(port), what="haproxy to listen")
+        query = f"?token={token(key, 'abc')}&x=1"
+        status, headers, _ = client.get(MASTER + query)
+        assert status == 302 and headers["location"].endswith(MASTER + query)
+        assert headers["cache-control"] == "private, no-store"
+        assert len({where(f"{MASTER}?token={token(key, 'abc', tracks=(t,))}") for t in ("a", "b", "c")}) == 1
+        sessions = [f"session-{n}" for n in range(1000)]
+        before = {s: where(f"{MASTER}?token={token(key, s)}") for s in sessions}
+        counts = Counter(before.values())
+        assert set(counts) == {"edge-1", "edge-2"} and max(counts.values()) < 560, counts  # eu only, even
+        assert len({where(MASTER) for _ in range(5)}) == 1, "no token: the address"
+        for path, method, status in ((f"/tracks/{TRACK}/aac-96k/seg-00001.m4s", "GET", 404),
+                                     (MASTER, "POST", 405), (MASTER + "?" + "a" * 3000, "GET", 414)):
+            assert client.get(path, method=method)[0] == status, path
+        edges.stop(0)
+        on_first = next(s for s in sessions if before[s] == "edge-1")
+        wait_for(lambda: where(f"{MASTER}?token={token(key, on_first)}") != "edge-1", what="haproxy to see edge-1 down")
+        after = {s: where(f"{MASTER}?token={token(key, s)}") for s in sessions}
+        moved = {s for s in sessions if before[s] != after[s]}
+        assert moved == {s for s in sessions if before[s] == "edge-1"}
+        assert {after[s] for s in moved} == {"edge-2"}
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+        edges.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthz_ok(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    return False
 
 
 # --------------------------------------------------------------------------- the pure parts
