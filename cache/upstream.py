@@ -223,8 +223,9 @@ class Upstream:
             raise _PeerFailed(f"cannot connect ({exc.os_error.strerror or exc})", definitive=True) from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise _PeerFailed(f"stalled ({type(exc).__name__})", timeout=True) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _PeerFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        except (aiohttp.ClientError, OSError) as exc:  # no text that may quote the URL: its query holds a token
+            text = str(exc)
+            raise _PeerFailed(type(exc).__name__ + (f": {text}" if text and "?" not in text else "")) from None
 
     async def _attempt(self, peer: str, path: str, sink: Sink, headers: Mapping[str, str], t: _Transfer) -> None:
         request_headers = {k: v for k, v in headers.items() if k in FORWARDED}
