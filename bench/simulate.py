@@ -180,8 +180,20 @@ class TopologyResult:
         }
 
 
+def _memo(trace: Trace, what: str, n: int, build: Callable[[], Any]) -> Any:
+    """A derived fact of ``trace`` computed once (runs of one benchmark share the trace)."""
+    key = (what, n, len(trace))
+    if key not in trace.memo:
+        trace.memo[key] = build()
+    return trace.memo[key]
+
+
 def edge_of_clients(trace: Trace, edges: int) -> list[int]:
     """The edge index of every client of ``trace`` (ring over edge-0.., key = client name)."""
+    return _memo(trace, "edges", edges, lambda: _edge_of_clients(trace, edges))  # type: ignore[no-any-return]
+
+
+def _edge_of_clients(trace: Trace, edges: int) -> list[int]:
     if edges == 1:
         return [0] * len(trace.client_names)
     ring = Ring([f"edge-{i}" for i in range(edges)])
@@ -251,9 +263,9 @@ def run_topology(trace: Trace, topo: Topology, *, interval: float | None = None,
     edges = [make_policy(topo.edge_policy, topo.edge_size) for _ in range(topo.edges)]
     regionals = [make_policy(topo.regional_policy, topo.regional_size) for _ in range(topo.regionals)]
     edge_of = edge_of_clients(trace, topo.edges)
-    regional_of = _regional_of_objects(trace, topo.regionals)
-    segments = _Segments(trace) if topo.prefetch > 0 else None
-    sizes_by_object = trace.object_sizes() if segments is not None else []
+    regional_of = _memo(trace, "regionals", topo.regionals, lambda: _regional_of_objects(trace, topo.regionals))
+    segments = _memo(trace, "segments", topo.prefetch, lambda: _Segments(trace)) if topo.prefetch > 0 else None
+    sizes_by_object = _memo(trace, "sizes", 0, trace.object_sizes) if segments is not None else []
     recent: list[OrderedDict[str, float]] = [OrderedDict() for _ in edges]  # prefetched lately, per edge
     pending: list[dict[str, int]] = [{} for _ in edges]  # prefetched and not yet asked for: key -> size
     times, clients, objects, sizes, keys = trace.times, trace.clients, trace.objects, trace.sizes, trace.keys

@@ -74,6 +74,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import heapq
 import io
@@ -140,6 +141,7 @@ class Trace:
     skipped: int = 0
     malformed: int = 0
     examples: list[str] = field(default_factory=list)  # "line N: why" of the first malformed lines
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived facts cached by the simulator
     _key_index: dict[str, int] = field(default_factory=dict, repr=False)
     _client_index: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -499,10 +501,19 @@ def _parse_line(kind: str, line: str) -> tuple[float, str, str, int | None, bool
 
 
 def _key(target: str, method: str = "GET") -> str | None:
+    key = _canonical(target, method)
+    if isinstance(key, urls.BadPath):
+        raise _Malformed(f"bad path {target[:80]!r}: {key.reason}")
+    return key
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _canonical(target: str, method: str) -> str | urls.BadPath | None:
+    """The cache key of a request (memoised: traces repeat their objects), or the parse error."""
     try:
         key = cache_key(method, target)
     except urls.BadPath as exc:
-        raise _Malformed(f"bad path {target[:80]!r}: {exc.reason}") from None
+        return exc
     return key.path if key is not None else None
 
 
