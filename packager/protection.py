@@ -151,18 +151,25 @@ class KeyStoreKeys:
             pass
 
     def __call__(self, track: str, groups: Sequence[str]) -> dict[str, ContentKey]:
-        out: dict[str, ContentKey] = {}
         with self._lock, KeyStore.open(self.path, self._master) as ks:
-            existing: dict[str, bytes] = {}
-            for group, kid in ks.for_track(track):
-                existing.setdefault(group, kid)  # oldest first: the first key of a group is its key
+            missing = [g for g in groups if g not in self._oldest(ks, track)]
+            for group in missing:
+                ks.put(track, new_content_key(), group)
+            # Re-read: had another packager stored a key for the same group meanwhile, both runs now
+            # agree on the oldest one (for_track orders by creation time, then kid).
+            kids = self._oldest(ks, track)
+            out: dict[str, ContentKey] = {}
             for group in groups:
-                if group in existing:
-                    key = ks.get(existing[group])
-                    if key is None:  # pragma: no cover - for_track and get read the same row
-                        raise KeyStoreError(f"key store {self.path}: key {existing[group].hex()} vanished")
-                else:
-                    key = new_content_key()
-                    ks.put(track, key, group)
+                key = ks.get(kids[group])
+                if key is None:  # pragma: no cover - for_track and get read the same table
+                    raise KeyStoreError(f"key store {self.path}: key {kids[group].hex()} vanished")
                 out[group] = key
         return out
+
+    @staticmethod
+    def _oldest(ks: KeyStore, track: str) -> dict[str, bytes]:
+        """The first key stored for each group of ``track``: the group's key."""
+        kids: dict[str, bytes] = {}
+        for group, kid in ks.for_track(track):
+            kids.setdefault(group, kid)
+        return kids

@@ -481,3 +481,17 @@ def test_missing_keys_config_file_is_refused(tmp_path: Path, source_track: Path)
     result = run("package", str(source_track), "--store", str(store), "--no-progress",
                  "--keys-config", str(tmp_path / "nope.toml"))
     assert_refused(result, store, "nope.toml", "no such config file")
+
+
+def test_two_packagers_racing_for_a_key_agree_on_the_oldest(tmp_path: Path) -> None:
+    from drm.config import KeysConfig
+    from drm.keys import new_content_key
+    from packager.protection import KeyStoreKeys
+
+    keys = make_keys(tmp_path / "secrets")
+    a = KeyStoreKeys(KeysConfig(keys.store, keys.master_file))
+    first = a("t", ["", "flac"])
+    with KeyStore.open(keys.store, MASTER) as ks:  # the loser of a race stored its own key a moment later
+        ks.put("t", new_content_key(), "")
+    b = KeyStoreKeys(KeysConfig(keys.store, keys.master_file))
+    assert b("t", [""]) == {"": first[""]} and a("t", ["flac", ""]) == first
