@@ -504,9 +504,16 @@ def run_plan(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------
 
+def add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bench.load import add_parser  # sets its own ``func``: it reports its own errors
+
+    add_parser(sub)
+
+
 ACTIONS: dict[str, Action] = {
     "trace": add_trace,
     "simulate": add_simulate,
+    "load": add_load,
     "plan": add_plan,
 }
 """``legato bench ACTION``: adding one (``load``) is one function and one line."""
@@ -518,7 +525,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bench", formatter_class=HelpFormatter, help="traces, cache simulation and capacity planning",
         description="Benchmarks for capacity planners. Each action writes report.md, results.json and PNG plots "
         "into --out DIR.\n\n  trace     generate a synthetic listening trace\n  simulate  replay a trace "
-        "through the cache policies and tiers (and libCacheSim)\n  plan      edges, SSD, egress and storage for "
+        "through the cache policies and tiers (and libCacheSim)\n  load      simulated players against a live "
+        "topology\n  plan      edges, SSD, egress and storage for "
         "a target audience")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for add in ACTIONS.values():
