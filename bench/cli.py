@@ -505,7 +505,9 @@ def run_plan(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 def add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bench.load import add_parser  # sets its own ``func``: it reports its own errors
+    from bench.load import (
+        add_parser,  # sets its own ``func``: it reports its own errors
+    )
 
     add_parser(sub)
 

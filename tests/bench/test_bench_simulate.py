@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,15 @@ import pytest
 
 from bench import plan as pl
 from bench.simulate import BenchSpec, Topology, run_bench, run_topology
-from bench.trace import Trace, TraceError, TraceModel, generate, model_with, read_trace, write_csv
+from bench.trace import (
+    Trace,
+    TraceError,
+    TraceModel,
+    generate,
+    model_with,
+    read_trace,
+    write_csv,
+)
 from cache.sim import MusicWorkload, simulate
 
 SMALL = TraceModel(MusicWorkload(tracks=400, listens=1500, listen_rate=2.0), clients=300)
@@ -31,7 +40,7 @@ def test_generation_is_deterministic_and_time_ordered() -> None:
     a = list(generate(SMALL, seed=5))
     assert a == list(generate(SMALL, seed=5))
     assert a != list(generate(SMALL, seed=6))
-    assert all(x[1].time <= y[1].time for x, y in zip(a, a[1:], strict=False))
+    assert all(x[1].time <= y[1].time for x, y in itertools.pairwise(a))
     assert {c for c, _ in a} <= {f"c{i}" for i in range(SMALL.clients)}
 
 
