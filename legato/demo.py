@@ -136,9 +136,11 @@ def demo_topology(path: Path, state_dir: Path, fixed_ports: bool, configs: dict[
 
 
 def run(args: argparse.Namespace) -> int:
+    from legato.config import ConfigError
+
     try:
         return _run(args)
-    except RuntimeError as exc:
+    except (RuntimeError, ConfigError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
 
@@ -152,6 +154,8 @@ def _run(args: argparse.Namespace) -> int:
     from packager.samples import write_sample
 
     sources_dir, store, keys_dir = args.dir / "sources", args.dir / "store", args.dir / "keys"
+    configs = write_configs(args.dir)
+    topology = demo_topology(args.topology, args.dir / "topology", args.fixed_ports, configs)  # fail early
     sources = []
     print(f"1/7 sample tracks in {sources_dir}")
     for style, title in DEMO_TRACKS:
@@ -162,7 +166,6 @@ def _run(args: argparse.Namespace) -> int:
 
     print(f"2/7 secrets in {keys_dir}: master key of the key store, token signing key {KEY_ID}")
     make_secrets(keys_dir)
-    configs = write_configs(args.dir)
 
     print(f"3/7 packaging into {store} (HLS AES-128 and CENC; content keys in {keys_dir / 'keys.sqlite'})")
     ladder_file = Path("config/ladder.toml")
@@ -184,7 +187,6 @@ def _run(args: argparse.Namespace) -> int:
     print("5/7 starting the topology (origin + key service, 2 regionals, 3 edges, director)")
     from legato.topology import start
 
-    topology = demo_topology(args.topology, args.dir / "topology", args.fixed_ports, configs)
     with start(topology, store) as nodes:
         for n in nodes:
             print(f"    {n.kind:<8} {n.name:<12} {n.url}")
