@@ -12,8 +12,8 @@ playlists, keys, segments) goes to the edge directly.  Any other path is a
 Which edge (the pure ``Director`` below; ``now`` is an argument):
 
 1. **Session id**: the ``sid`` of the request's token, verified with the
-   public keys of ``[tokens]`` (drm.tokens.verify: signature, validity,
-   track of the path, bound address).  Without a token, the client address
+   public keys of ``[tokens]`` (drm.tokens.Verifier, as the edge: signature,
+   validity, track of the path, bound address).  Without a token, the client address
    stands for the session (an IPv6 client by its /64: privacy addresses
    change within it).  A token that is present but invalid is **refused
    here** with the edge's answer (401/403, ``{"error": reason}``,
@@ -105,7 +105,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cache.ring import RINGS, HashRing
 from drm.config import TokensConfig, load_public_keys
-from drm.tokens import TokenError, verify
+from drm.tokens import TokenError, Verifier
 from geo.client import LOOPBACK, IPAddress, client_address, is_trusted
 from geo.config import GeoConfig
 from geo.licence import ISO_CODES
@@ -441,6 +441,7 @@ class Resources:
     config: DirectorConfig
     core: Director
     public_keys: Mapping[str, Ed25519PublicKey]
+    verifier: Verifier  # the edge's: a token's signature is checked once, time/track/address every time
     countries: Any  # geo.country.CountryDB | None
     trusted: Any  # geo.client.Networks
     origins: tuple[str, ...]
@@ -458,8 +459,8 @@ def load_resources(config: DirectorConfig) -> Resources:
         except ValueError as exc:
             raise cfg.ConfigError(f"[geo] database: {exc}") from None
         countries = CountryDB(path, poll_interval=config.geo.poll_interval)
-    return Resources(config, director_for(config), keys, countries, config.geo.networks(),
-                     h.parse_origins(config.cors_origin))
+    return Resources(config, director_for(config), keys, Verifier(keys, skew=config.tokens.skew), countries,
+                     config.geo.networks(), h.parse_origins(config.cors_origin))
 
 
 class DirectorNode:
@@ -594,8 +595,8 @@ class DirectorNode:
                 return self.refuse(request, 401, "malformed")
             if tokens:
                 try:
-                    claims = verify(tokens[0], res.public_keys, now=self.wall(), track=route.track,
-                                    client_ip=str(addr) if addr is not None else "", skew=res.config.tokens.skew)
+                    claims = res.verifier.verify(tokens[0], now=self.wall(), track=route.track,
+                                                 client_ip=str(addr) if addr is not None else "")
                 except TokenError as exc:
                     return self.refuse(request, exc.status, exc.reason)
                 session = claims.session
