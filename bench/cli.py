@@ -235,6 +235,7 @@ def run_trace(args: argparse.Namespace) -> int:
         n = tr.write_csv(path, observed(), header=header, progress=bar.update)
     listens = sum(per_track.values())
     top = sorted(per_track.items(), key=lambda kv: -kv[1])[:10]
+    top_tracks: list[dict[str, Any]] = [{"track": t, "listens": c, "share": c / max(1, listens)} for t, c in top]
     results = {
         "command": report.command_line(),
         "file": str(path),
@@ -246,7 +247,7 @@ def run_trace(args: argparse.Namespace) -> int:
         "interval_s": bucket,
         "requests_per_interval": counts,
         "bytes_per_interval": byte_counts,
-        "top_tracks": [{"track": t, "listens": c, "share": c / max(1, listens)} for t, c in top],
+        "top_tracks": top_tracks,
         "wall_seconds": round(time.monotonic() - started, 1),
         "machine": report.machine(),
     }
@@ -259,7 +260,7 @@ def run_trace(args: argparse.Namespace) -> int:
         f"{model.diurnal}, {model.clients:,} clients, seed {args.seed}"),
         f"- catalogue bytes (every rendition): {model.catalogue_bytes() / 1e9:,.1f} GB",
         "", "| track | listens | share |", "| --- | ---: | ---: |",
-        *[f"| {t['track']} | {t['listens']:,} | {100 * t['share']:.2f}% |" for t in results["top_tracks"]],
+        *[f"| {t['track']} | {t['listens']:,} | {100 * t['share']:.2f}% |" for t in top_tracks],
         "", "![requests over time](requests.png)", "",
     ])
 

@@ -168,7 +168,7 @@ def plan(i: PlanInputs, curve: HitCurve) -> dict[str, Any]:
     regional_hit = regional if regional is not None else 0.0
     ssd = i.edge_ssd if i.edge_ssd is not None else math.ceil(fraction * catalogue)
     per_edge = i.edge_gbps * i.utilisation
-    regions = []
+    regions: list[dict[str, Any]] = []
     for name, share in i.regions.items():
         d = demand * share
         edges = math.ceil(d / per_edge) + i.spare_edges
@@ -177,7 +177,7 @@ def plan(i: PlanInputs, curve: HitCurve) -> dict[str, Any]:
                         "regional_egress_gbps": reg, "origin_egress_gbps": reg * (1 - regional_hit)})
     regional_egress = demand * (1 - edge_byte_hit)
     origin_egress = regional_egress * (1 - regional_hit)
-    edges_total = sum(g["edges"] for g in regions)
+    edges_total = sum(int(g["edges"]) for g in regions)
     # a listen is ~track_seconds long; streams x 86400 / track_seconds listens a day (flat; the peak overstates)
     listens_per_day = i.streams * 86_400 / i.track_seconds
     notes = []

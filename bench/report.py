@@ -231,7 +231,7 @@ def findings(r: dict[str, Any], tolerance: float = 0.005) -> list[str]:
         if o["policy"] == "listen":
             online = [p for (name, cap), p in peers.items() if cap == size and name not in OFFLINE]
             for metric in ("hit_ratio", "byte_hit_ratio"):
-                best = max(online, key=lambda p, m=metric: p[m], default=None)
+                best = max(online, key=lambda p, m=metric: float(p[m]), default=None)  # type: ignore[misc]
                 if best is None:
                     continue
                 what = "object" if metric == "hit_ratio" else "byte"

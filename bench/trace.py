@@ -540,8 +540,10 @@ def _parse_csv(line: str) -> tuple[float, str, str, int | None, bool] | None:
 def _parse_json(line: str) -> tuple[float, str, str, int | None, bool] | None:
     try:
         doc = json.loads(line)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise _Malformed(f"not JSON ({exc.msg})") from None
+    except ValueError as exc:  # e.g. numbers too long to convert
+        raise _Malformed(f"not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise _Malformed("not a JSON object")
     try:
