@@ -372,11 +372,10 @@ class Director:
         """The edge for ``session`` of a client in ``region``, counted in its load; None if no edge is healthy."""
         self.loads.expire(now)
         loads, healthy = self.loads.loads, self.healthy
-        ring = self.rings.get(region, self.everywhere)
-        name = ring.pick(session, loads, healthy, self.epsilon, floor=self.floor)
-        if name is None or ring is self.everywhere:
-            if name is None:
-                name = self.everywhere.pick(session, loads, healthy, self.epsilon, floor=self.floor)
+        ring = self.rings.get(region)
+        name = None if ring is None else ring.pick(session, loads, healthy, self.epsilon, floor=self.floor)
+        if ring is None or name is None:  # no edge of the region is up (or it has none): any edge
+            name = self.everywhere.pick(session, loads, healthy, self.epsilon, floor=self.floor)
             if name is None:
                 return None
             how = OTHER_REGION
@@ -401,8 +400,7 @@ def director_for(config: DirectorConfig) -> Director:
     edges = [Edge(e.name, check_url(e.url), e.region or config.default_region) for e in config.edges]
     return Director(edges, country_map(config.regions), config.default_region, hashing=config.hashing,
                     epsilon=config.load_epsilon, floor=config.load_floor, window=config.load_window,
-                    rise=config.health.rise,
-                    fall=config.health.fall)
+                    rise=config.health.rise, fall=config.health.fall)
 
 
 # --------------------------------------------------------------------------- I/O shell
