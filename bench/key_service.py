@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                       if line.startswith("model name")), platform.machine())
     facts = {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} x {cpu_model}",
              "python": platform.python_version(), "tracks": args.tracks, "sessions": args.sessions,
-             "command": "python bench/key_service.py " + " ".join(sys.argv[1:] if argv is None else argv),
+             "command": " ".join(["python bench/key_service.py", *(sys.argv[1:] if argv is None else argv)]),
              "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()}
     (args.out / "key_service.json").write_text(json.dumps(
         {"facts": facts, "closed_loop": closed, "fixed_rate": [asdict(f) for f in fixed],
