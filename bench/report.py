@@ -238,6 +238,10 @@ def findings(r: dict[str, Any], tolerance: float = 0.005) -> list[str]:
                 if o[metric] < best[metric] - tolerance:
                     out.append(f"at {label}, our listen's {what} hit ratio ({_pct(o[metric], 2)}) loses to "
                                f"libCacheSim's {best['policy']} ({_pct(best[metric], 2)})")
+                elif o[metric] < best[metric]:
+                    out.append(f"at {label}, our listen's {what} hit ratio ({_pct(o[metric], 2)}) is within 0.5 "
+                               f"points of, but below, libCacheSim's best online policy ({best['policy']}, "
+                               f"{_pct(best[metric], 2)})")
                 else:
                     out.append(f"at {label}, our listen's {what} hit ratio ({_pct(o[metric], 2)}) is at least "
                                f"that of every online libCacheSim policy (best: {best['policy']}, "
@@ -251,10 +255,35 @@ def findings(r: dict[str, Any], tolerance: float = 0.005) -> list[str]:
             out.append(f"at {labels.get(o['capacity'])}, our {o['policy']} beats libCacheSim's {twin['policy']} "
                        f"({_pct(o['hit_ratio'], 2)} vs {_pct(twin['hit_ratio'], 2)}; see the parameters in "
                        "bench/libcachesim_peer.py)")
+    out += _topology_findings(r, labels, tolerance)
     slow = [name for name, v in r["bench"]["speed"]["topology_requests_per_cpu_minute"].items()
             if v < r["bench"]["speed"]["target_requests_per_cpu_minute"]]
     if slow:
         out.append(f"below 1M requests per CPU-minute through the topology: {', '.join(slow)}")
+    return out
+
+
+def _topology_findings(r: dict[str, Any], labels: dict[int, str], tolerance: float) -> list[str]:
+    """In the topology (prefetch, regionals): where a policy does worse than plain LRU at the same size."""
+    rows = r["bench"]["topology"]
+    base = {t["topology"]["edge_size"]: t for t in rows if t["topology"]["edge_policy"] == "lru"}
+    out = []
+    for t in rows:
+        tp = t["topology"]
+        lru = base.get(tp["edge_size"])
+        if lru is None or tp["edge_policy"] == "lru" or (tp["edges"] == 1 and not tp["regionals"]
+                                                         and not tp["prefetch"]):
+            continue
+        label = labels.get(tp["edge_size"], tp["edge_size"])
+        worse = []
+        for metric, what in (("hit_ratio", "hit ratio"), ("byte_hit_ratio", "byte hit ratio")):
+            if t["edge"][metric] < lru["edge"][metric] - tolerance:
+                worse.append(f"edge {what} {_pct(t['edge'][metric])} vs {_pct(lru['edge'][metric])}")
+        if t["origin"]["bytes"] > lru["origin"]["bytes"] * (1 + tolerance):
+            worse.append(f"origin bytes {_bytes(t['origin']['bytes'])} vs {_bytes(lru['origin']['bytes'])}")
+        if worse:
+            out.append(f"in the topology at {label} (prefetch {tp['prefetch'] or 'off'}), {tp['edge_policy']} does "
+                       f"worse than lru: " + "; ".join(worse))
     return out
 
 
