@@ -67,7 +67,7 @@ from legato import __version__, urls
 from legato import http as h
 from legato.logs import KIND_KEY, Observer, RequestMetrics, begin, render_metrics
 from legato.server import OBSERVERS, RELOAD, SITE
-from legato.web import ALLOW, base_headers, target_path
+from legato.web import ALLOW, base_headers, read_body, target_path
 from legato.web import error as web_error
 from legato.web import options as web_options
 
@@ -363,9 +363,10 @@ class Node:
         if request.method == hdrs.METH_POST:
             if (request.content_length or 0) > MAX_FORWARD_BODY:
                 return self.error(request, 413, f"request body over {MAX_FORWARD_BODY} bytes")
-            body = await request.content.read(MAX_FORWARD_BODY + 1)
-            if len(body) > MAX_FORWARD_BODY:
+            read = await read_body(request, MAX_FORWARD_BODY)
+            if read is None:
                 return self.error(request, 413, f"request body over {MAX_FORWARD_BODY} bytes")
+            body = read
         headers = {k: request.headers[k] for k in FORWARD_REQUEST_FIELDS if k in request.headers}
         peer = request.remote or ""
         prior = request.headers.get("X-Forwarded-For")
@@ -664,7 +665,7 @@ class Node:
         if (request.content_length or 0) > 4096:
             return self.error(request, 413, "purge request body over 4 KiB")
         try:
-            doc = json.loads(await request.content.read(4097))
+            doc = json.loads(await read_body(request, 4096) or b"")
             if not isinstance(doc, dict) or len(doc) != 1 or not isinstance(next(iter(doc.values())), str):
                 raise ValueError
         except ValueError:

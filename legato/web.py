@@ -1,5 +1,5 @@
 """aiohttp plumbing shared by every node kind: the raw request path, plain-text
-errors, CORS preflight.  HTTP semantics themselves live in legato.http."""
+errors, CORS preflight, bounded request bodies.  HTTP semantics themselves live in legato.http."""
 
 from __future__ import annotations
 
@@ -49,3 +49,16 @@ def options(request: web.Request, origins: tuple[str, ...], allow: str = ALLOW) 
         headers = h.cors_headers(origins, request.headers.get(hdrs.ORIGIN))
     headers.update({"Allow": allow, "Server": SERVER})
     return web.Response(status=204, headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes ``limit`` bytes (``read(n)`` returns what has
+    arrived so far, so a body in several TCP segments needs the loop)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)

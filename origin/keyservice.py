@@ -51,7 +51,7 @@ from drm.tokens import Claims, TokenError, Verifier
 from geo import client as geo_client
 from geo.client import Networks
 from legato import urls
-from legato.web import base_headers
+from legato.web import base_headers, read_body
 from legato.web import options as web_options
 
 if TYPE_CHECKING:
@@ -218,19 +218,6 @@ class KeyService:
                 return self.refuse(request, route, 403, "wrong track")
             return self.refuse(request, route, 404, "unknown key")
         return self._ok(request, route, clearkey.license_body(granted), "application/json")
-
-
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole request body, or None once it passes ``limit`` bytes (``read(n)`` returns what has
-    arrived so far, so a body in several TCP segments needs the loop)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
-    return b"".join(chunks)
 
 
 def client_address(request: web.Request, trusted: Networks) -> str | None:

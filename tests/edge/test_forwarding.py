@@ -94,6 +94,20 @@ def test_licence_post_carries_body_and_content_type(chain: Chain) -> None:
     assert objects(chain.edge) == 0 and objects(chain.regional) == 0
 
 
+def test_licence_body_in_slow_pieces_arrives_whole(chain: Chain) -> None:
+    """A body split over several TCP segments is forwarded whole (``read(n)`` returns what has arrived)."""
+    doc = json.dumps({"kids": ["ASNFZ4mrze8BI0VniavN7w"], "type": "temporary"}).encode()
+
+    def slowly() -> Iterator[bytes]:
+        for i in range(0, len(doc), 16):
+            time.sleep(0.05)
+            yield doc[i:i + 16]
+
+    status, _, body = request(chain.edge.url + "/license/clearkey?token=T0k", "POST", slowly(),  # type: ignore[arg-type]
+                              {"Content-Type": "application/json", "Content-Length": str(len(doc))})
+    assert status == 200 and json.loads(body)["echo"] == doc.decode()
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_licence_body_over_4k_is_refused_at_the_edge(chain: Chain, chunked: bool) -> None:
     before = len(chain.seen)
