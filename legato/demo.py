@@ -97,7 +97,8 @@ def write_configs(dir_: Path) -> dict[str, Path]:
     conf.mkdir(parents=True, exist_ok=True)
     public = f'[tokens.public_keys]\n{KEY_ID} = "{keys / "signing" / f"{KEY_ID}.pub.pem"}"\n'
     files = {
-        "origin": f'[keys]\nstore = "{keys / "keys.sqlite"}"\nmaster_key_file = "{keys / "master.key"}"\n\n'
+        "origin": 'trusted_proxies = ["127.0.0.0/8"]  # the local tiers: their X-Forwarded-For names the client\n\n'
+                  f'[keys]\nstore = "{keys / "keys.sqlite"}"\nmaster_key_file = "{keys / "master.key"}"\n\n'
                   f'[tokens]\nrate_per_session = 20.0\nburst = 40\n\n{public}',
         "edge": '[prefetch]\nsegments = 2\n\n[tokens]\nrate_per_session = 20.0\nburst = 40\n\n'
                 f'{public}\n[geo]\ndatabase = "bundled"\nloopback_country = "GB"\n'
