@@ -48,6 +48,7 @@ fi
 if [ "$WITH_TEST" = 1 ]; then
     [ -x /usr/bin/chromium ] || need chromium
     [ -x /usr/bin/chromedriver ] || need chromium-driver
+    [ -x /usr/sbin/haproxy ] || need haproxy  # runs config/haproxy.cfg in the director tests
     if ! command -v npm >/dev/null 2>&1; then
         command -v node >/dev/null 2>&1 || need nodejs
         need npm
