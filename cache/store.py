@@ -393,12 +393,14 @@ class Hit:
     bytes and ``fileno()`` raises.  ``close()`` (or ``with``) releases the fd.
     """
 
-    __slots__ = ("_fd", "body", "meta", "source")
+    __slots__ = ("_fd", "_shared", "body", "meta", "source")
 
-    def __init__(self, meta: Meta, *, fd: int | None = None, body: bytes | None = None) -> None:
+    def __init__(self, meta: Meta, *, fd: int | None = None, body: bytes | None = None,
+                 shared: _OpenFile | None = None) -> None:
         self.meta = meta
         self.body = body
-        self._fd = fd
+        self._fd = fd if shared is None else shared.fd
+        self._shared = shared  # a descriptor held open by the store (see _OpenFile), released, not closed
         self.source = "ram" if body is not None else "disk"
 
     @property
@@ -429,7 +431,12 @@ class Hit:
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.release()
+        else:
             os.close(fd)
 
     def __enter__(self) -> Self:
@@ -583,6 +590,47 @@ class _Known:
     trusted_until: float  # monotonic time after which the body is hashed again
 
 
+class _OpenFile:
+    """A verified body file kept open for hot hits, shared by the hits using it.
+
+    Reopening a file per hit costs an open and a close (and a GIL hand-off
+    each); nginx's ``open_file_cache`` makes the same trade.  A held
+    descriptor still names its file after eviction or purge, so every hit
+    checks it with one ``fstat``: a link count of 0 (unlinked) or a changed
+    identity retires it.  Retired descriptors close when their last hit
+    releases them.  Reference counts change on the event loop's thread and
+    under the store's lock.
+    """
+
+    __slots__ = ("fd", "filename", "lock", "refs", "retired")
+
+    def __init__(self, fd: int, filename: str, lock: threading.RLock) -> None:
+        self.fd, self.filename, self.lock = fd, filename, lock
+        self.refs = 0
+        self.retired = False
+
+    def acquire(self) -> _OpenFile:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        with self.lock:
+            self.refs -= 1
+            if not self.retired or self.refs:
+                return
+        os.close(self.fd)
+
+    def retire(self) -> None:
+        """No new hits; close once the current ones are done (call under the lock)."""
+        if not self.retired:
+            self.retired = True
+            if not self.refs:
+                os.close(self.fd)
+
+
+OPEN_FILES = 256
+"""Body files each worker keeps open for its hottest objects (see ``_OpenFile``)."""
+
 # Why a verified identity is trusted only for a while, and only when checked well
 # after the file's last write: file times come from a coarse clock (a few ms), so a
 # byte changed within the same tick as the verification leaves (size, mtime)
@@ -681,7 +729,8 @@ class Store:
         self._next_probe = float("-inf")
         self._counters = {"corrupt": 0, "errors": 0, "truncated": 0, "evictions": 0, "dropped": 0}
         self._known: OrderedDict[str, _Known] = OrderedDict()
-        self._known_lock = threading.Lock()
+        self._known_lock = threading.RLock()  # re-entrant: a collected Hit may release from within
+        self._open: OrderedDict[str, _OpenFile] = OrderedDict()  # key -> held body file (under _known_lock)
         self._verified_max = verified_max
         self._index: _Index | None = None
         self._next_open = 0.0
@@ -929,8 +978,23 @@ class Store:
         """
         with self._known_lock:
             known = self._known.get(key)
+            held = self._open.get(key)
         if known is None or (self._ram is not None and known.meta.size <= self._ram_object_max):
             return None
+        if held is not None and held.filename == known.filename:
+            try:
+                st = os.fstat(held.fd)
+            except OSError:
+                st = None
+            if (st is not None and st.st_nlink and time.monotonic() < known.trusted_until
+                    and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.ident):
+                with self._known_lock:
+                    if not held.retired:
+                        self._open.move_to_end(key)
+                        self._emit(HIT, now, 0, key)
+                        return Hit(known.meta, shared=held.acquire())
+        if held is not None:
+            self._drop_open(key, held)
         try:
             fd = os.open(os.path.join(directory, known.filename), _OPEN_READ)
         except OSError:
@@ -944,7 +1008,23 @@ class Store:
             os.close(fd)
             return None
         self._emit(HIT, now, 0, key)
-        return Hit(known.meta, fd=fd)
+        held = _OpenFile(fd, known.filename, self._known_lock)
+        with self._known_lock:
+            old = self._open.pop(key, None)
+            if old is not None:
+                old.retire()
+            self._open[key] = held
+            while len(self._open) > OPEN_FILES:
+                self._open.popitem(last=False)[1].retire()
+            return Hit(known.meta, shared=held.acquire())
+
+    def _drop_open(self, key: str, held: _OpenFile | None = None) -> None:
+        """Stop holding ``key``'s body file open (only ``held``, when given)."""
+        with self._known_lock:
+            current = self._open.get(key)
+            if current is not None and (held is None or current is held):
+                del self._open[key]
+                current.retire()
 
     def __contains__(self, key: object) -> bool:
         """True if the index has a row for ``key`` (not verified, not a request)."""
@@ -985,6 +1065,7 @@ class Store:
     def _forget_local(self, key: str) -> None:
         with self._known_lock:
             self._known.pop(key, None)
+        self._drop_open(key)
         if self._ram is not None:
             self._ram.drop(key)
 
@@ -1230,6 +1311,10 @@ class Store:
         if manager is not None:
             manager.close()
         self._tx.close()
+        with self._known_lock:
+            for held in self._open.values():
+                held.retire()
+            self._open.clear()
         os.close(self._manager_fd)  # releases the manager lock
         if self._index is not None:
             self._index.cache.close()

@@ -253,10 +253,13 @@ def test_abort_leaves_nothing(stores: Callable[..., Store]) -> None:
 # integrity
 
 
-def test_flipped_byte_is_detected_dropped_and_counted(stores: Callable[..., Store]) -> None:
+@pytest.mark.parametrize("settled", [False, True], ids=["just-written", "held-open"])
+def test_flipped_byte_is_detected_dropped_and_counted(stores: Callable[..., Store], settled: bool) -> None:
     store = stores()
     body = os.urandom(40_000)
     put(store, "/k", body)
+    if settled:  # verified well after its write: the next hits use a held descriptor
+        time.sleep(0.1)
     assert read_hit(store.lookup("/k", time.time())) == body  # verified once, remembered
     assert read_hit(store.lookup("/k", time.time())) == body  # hot hit: no re-hash needed
     (path,) = value_files(store.directory)
@@ -270,8 +273,59 @@ def test_flipped_byte_is_detected_dropped_and_counted(stores: Callable[..., Stor
     assert sample("legato_cache_corrupt_total") == before + 1
     assert store.stats().corrupt == 1
     assert "/k" not in store and not path.exists()
+    assert store.lookup("/k", time.time()) is None
     assert store.sync()
     assert store.policy is not None and "/k" not in store.policy
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_hot_hits_share_one_held_descriptor(stores: Callable[..., Store]) -> None:
+    store = stores()
+    body = os.urandom(30_000)
+    put(store, "/k", body)
+    time.sleep(0.1)  # trusted only once verified well after its last write (MTIME_SLACK)
+    assert read_hit(store.lookup("/k", time.time())) == body  # verified through the index
+    assert read_hit(store.lookup("/k", time.time())) == body  # now held open
+    before = open_fds()
+    hits = [store.lookup("/k", time.time()) for _ in range(50)]  # concurrent hits, one descriptor
+    assert all(h is not None for h in hits)
+    assert len({h.fileno() for h in hits if h is not None}) == 1 and open_fds() == before
+    assert all(read_hit(h) == body for h in hits)
+    assert open_fds() == before  # released, still held for the next hit
+
+
+def test_a_held_descriptor_never_serves_a_purged_or_evicted_object(stores: Callable[..., Store]) -> None:
+    store, other = stores(), stores()  # two workers of one node
+    body = os.urandom(30_000)
+    put(store, "/k", body)
+    time.sleep(0.1)
+    for _ in range(2):
+        assert read_hit(store.lookup("/k", time.time())) == body
+    in_flight = store.lookup("/k", time.time())  # a transfer still sending when the object goes
+    assert other.delete("/k")  # purged in the other worker: this one only sees the file unlinked
+    assert store.lookup("/k", time.time()) is None
+    before = open_fds()
+    assert read_hit(in_flight) == body  # the transfer finishes with the bytes it started with
+    assert open_fds() == before - 1  # and the retired descriptor closes with it
+
+
+def test_held_descriptors_are_bounded(stores: Callable[..., Store]) -> None:
+    from cache.store import OPEN_FILES
+
+    store = stores()
+    keys = [f"/k{i}" for i in range(OPEN_FILES + 40)]
+    for key in keys:
+        put(store, key, body_of(key, 2000))
+    time.sleep(0.1)
+    start = open_fds()
+    for key in keys * 2:
+        assert read_hit(store.lookup(key, time.time())) == body_of(key, 2000)
+    assert open_fds() - start <= OPEN_FILES
+    store.close()
+    assert open_fds() < start  # closing the store closes what it held
 
 
 def test_corruption_with_unchanged_mtime_is_caught_on_first_use_in_a_process(
