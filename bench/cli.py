@@ -310,6 +310,9 @@ def add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--policy", "--edge-policy", dest="policies", type=_names, metavar="NAME,...",
                    default=["lru", "lfu", "sieve", "s3fifo", "listen"],
                    help=f"edge eviction policies to compare (known: {', '.join(POLICIES)}; default: all)")
+    p.add_argument("--topology-policy", dest="topology_policies", type=_names, metavar="NAME,...", default=None,
+                   help="edge policies to run through the whole topology (default: every --policy; the edge-alone "
+                   "comparison always runs them all)")
     p.add_argument("--edges", type=int, default=1, metavar="E", help="edge nodes (clients hashed over them)")
     p.add_argument("--regionals", type=int, default=0, metavar="R",
                    help="regional nodes (objects hashed over them by track; 0: edges fetch from origin)")
@@ -337,8 +340,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     from bench.trace import TraceModel, read_trace
     from cache.policy import POLICIES
 
-    unknown = [p for p in [*args.policies, *([args.regional_policy] if args.regional_policy else [])]
-               if p not in POLICIES]
+    topology_policies = args.topology_policies or []
+    unknown = [p for p in [*args.policies, *topology_policies, *([args.regional_policy] if args.regional_policy
+                                                                 else [])] if p not in POLICIES]
     if unknown:
         raise InputError(f"unknown policy {', '.join(unknown)} (known: {', '.join(POLICIES)})")
     bad_peers = [p for p in args.peers if p not in PEERS]
@@ -361,9 +365,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     spec = BenchSpec(sizes=tuple(s for _, s in sizes), labels=tuple(label for label, _ in sizes),
                      policies=tuple(args.policies), edges=args.edges, regionals=args.regionals,
                      regional_size=regional_size, regional_policy=args.regional_policy, prefetch=args.prefetch,
-                     interval=interval, peers=tuple(args.peers), jobs=args.jobs)
-    runs = len(sizes) * len(args.policies)
-    total = runs * len(trace) // max(1, args.edges) + (0 if spec.single_cache else runs * len(trace))
+                     interval=interval, peers=tuple(args.peers), jobs=args.jobs,
+                     topology_policies=tuple(topology_policies))
+    alone_runs = len(sizes) * len(args.policies)
+    topology_runs = 0 if spec.single_cache else len(sizes) * len(topology_policies or args.policies)
+    total = alone_runs * len(trace) // max(1, args.edges) + topology_runs * len(trace)
     with _progress(total, "simulate", "req", args.progress) as bar:
         bench = run_bench(trace, spec, progress=bar.update)
     summary = trace.summary()

@@ -139,11 +139,13 @@ def simulate_markdown(r: dict[str, Any]) -> str:
         "",
         "## Per tier",
         "",
-        ("Hit ratios are of requests (object) and of bytes; egress is what each tier sends downstream, "
-        "averaged over the trace."),
+        ("Hit ratios are of requests (object) and of bytes; egress is what each tier sends downstream over the "
+         "whole trace. With prefetch, a prefetched segment that a player then asks for is an edge hit: the edge "
+         "hit ratios measure how often a player is served without waiting on upstream; the bytes regionals "
+         "send to edges measure the traffic."),
         "",
-        ("| edge size | policy | edge hit | edge byte hit | regional hit | regional byte hit | edge egress Gbps "
-        "| regional egress Gbps | origin egress Gbps | origin bytes | prefetched (used) |"),
+        ("| edge size | policy | edge hit | edge byte hit | regional hit | regional byte hit | edges to players "
+         "| regionals to edges | origin out | origin Gbps (mean) | prefetched (used) |"),
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     labels = {z["bytes"]: z["label"] for z in bench["sizes"]}
@@ -153,9 +155,9 @@ def simulate_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {labels.get(tp['edge_size'], tp['edge_size'])} | {tp['edge_policy']} | {_pct(e['hit_ratio'])} | "
             f"{_pct(e['byte_hit_ratio'])} | {_pct(g['hit_ratio']) if g else '-'} | "
-            f"{_pct(g['byte_hit_ratio']) if g else '-'} | {row['egress_gbps']['edge']:.3f} | "
-            f"{row['egress_gbps']['regional']:.3f} | {row['egress_gbps']['origin']:.3f} | "
-            f"{_bytes(row['origin']['bytes'])} | "
+            f"{_pct(g['byte_hit_ratio']) if g else '-'} | {_bytes(row['egress_bytes']['edge'])} | "
+            f"{_bytes(row['egress_bytes']['regional']) if g else '-'} | {_bytes(row['egress_bytes']['origin'])} | "
+            f"{row['egress_gbps']['origin']:.4g} | "
             + (f"{pf['fetched']:,} ({pf['used']:,})" if tp["prefetch"] else "-") + " |")
     alone = bench["edge_alone"]
     lines += [
@@ -206,7 +208,7 @@ def simulate_markdown(r: dict[str, Any]) -> str:
     for name in r["bench"]["policies"]:
         a = sp["edge_alone_requests_per_cpu_minute"].get(name)
         b = sp["topology_requests_per_cpu_minute"].get(name)
-        lines.append(f"| {name} | {a or 0:,} | {b or 0:,} |")
+        lines.append(f"| {name} | {f'{a:,}' if a else '-'} | {f'{b:,}' if b else 'not run'} |")
     lines += ["", (f"Machine: {r['machine']['cpus']} CPUs ({r['machine']['cpu_model']}), Python "
               f"{r['machine']['python']}. Wall time of the run: {r['wall_seconds']:.0f} s."), ""]
     return "\n".join(lines)
@@ -264,26 +266,33 @@ def findings(r: dict[str, Any], tolerance: float = 0.005) -> list[str]:
 
 
 def _topology_findings(r: dict[str, Any], labels: dict[int, str], tolerance: float) -> list[str]:
-    """In the topology (prefetch, regionals): where a policy does worse than plain LRU at the same size."""
-    rows = r["bench"]["topology"]
-    base = {t["topology"]["edge_size"]: t for t in rows if t["topology"]["edge_policy"] == "lru"}
+    """In the topology: each policy against the others at the same size, on traffic and on players' waits."""
+    rows = [t for t in r["bench"]["topology"]
+            if t["topology"]["edges"] > 1 or t["topology"]["regionals"] or t["topology"]["prefetch"]]
     out = []
-    for t in rows:
-        tp = t["topology"]
-        lru = base.get(tp["edge_size"])
-        if lru is None or tp["edge_policy"] == "lru" or (tp["edges"] == 1 and not tp["regionals"]
-                                                         and not tp["prefetch"]):
+    for size in dict.fromkeys(t["topology"]["edge_size"] for t in rows):
+        group = [t for t in rows if t["topology"]["edge_size"] == size]
+        if len(group) < 2:
             continue
-        label = labels.get(tp["edge_size"], tp["edge_size"])
-        worse = []
-        for metric, what in (("hit_ratio", "hit ratio"), ("byte_hit_ratio", "byte hit ratio")):
-            if t["edge"][metric] < lru["edge"][metric] - tolerance:
-                worse.append(f"edge {what} {_pct(t['edge'][metric])} vs {_pct(lru['edge'][metric])}")
-        if t["origin"]["bytes"] > lru["origin"]["bytes"] * (1 + tolerance):
-            worse.append(f"origin bytes {_bytes(t['origin']['bytes'])} vs {_bytes(lru['origin']['bytes'])}")
-        if worse:
-            out.append(f"in the topology at {label} (prefetch {tp['prefetch'] or 'off'}), {tp['edge_policy']} does "
-                       f"worse than lru: " + "; ".join(worse))
+        label = labels.get(size, size)
+        for key, what in (("regional", "bytes edges fetch from regionals"), ("origin", "bytes fetched from origin")):
+            if key == "regional" and not group[0]["topology"]["regionals"]:
+                continue
+            ranked = sorted(group, key=lambda t, k=key: t["egress_bytes"][k])  # type: ignore[misc]
+            best, worst = ranked[0], ranked[-1]
+            out.append(f"in the topology at {label}: fewest {what}: {best['topology']['edge_policy']} "
+                       f"({_bytes(best['egress_bytes'][key])}); most: {worst['topology']['edge_policy']} "
+                       f"({_bytes(worst['egress_bytes'][key])}, "
+                       f"{_pct(worst['egress_bytes'][key] / max(1, best['egress_bytes'][key]) - 1)} more)")
+        ranked = sorted(group, key=lambda t: -t["edge"]["byte_hit_ratio"])
+        best = ranked[0]
+        for t in ranked[1:]:
+            if t["edge"]["byte_hit_ratio"] < best["edge"]["byte_hit_ratio"] - tolerance:
+                out.append(f"in the topology at {label}: {t['topology']['edge_policy']} serves fewer bytes from the "
+                           f"edge at request time than {best['topology']['edge_policy']} "
+                           f"({_pct(t['edge']['byte_hit_ratio'])} vs {_pct(best['edge']['byte_hit_ratio'])} byte hit "
+                           f"ratio, prefetch {t['topology']['prefetch'] or 'off'}): more player requests wait "
+                           "on a regional")
     return out
 
 

@@ -401,6 +401,7 @@ class BenchSpec:
     interval: float | None = None
     peers: tuple[str, ...] = ()
     jobs: int = 1
+    topology_policies: tuple[str, ...] = ()  # edge policies run through the topology (default: all)
 
     @property
     def single_cache(self) -> bool:
@@ -444,8 +445,9 @@ def run_bench(trace: Trace, spec: BenchSpec, progress: Progress | None = None) -
     if not alone:
         raise ValueError("edge-0 receives no request of this trace (too few clients for the edges?)")
     tasks: list[tuple[str, int, str]] = [("alone", s, p) for s in spec.sizes for p in spec.policies]
+    topology_policies = spec.topology_policies or spec.policies
     if not spec.single_cache:
-        tasks += [("topology", s, p) for s in spec.sizes for p in spec.policies]
+        tasks += [("topology", s, p) for s in spec.sizes for p in topology_policies]
     weights = {"alone": len(alone), "topology": len(trace)}
     _TRACE, _ALONE, _SPEC = trace, alone, spec
     out: dict[tuple[str, int, str], Any] = {}
@@ -470,7 +472,7 @@ def run_bench(trace: Trace, spec: BenchSpec, progress: Progress | None = None) -
     if spec.single_cache:
         topo = [_alone_as_topology(spec, r, trace, alone) for r in alone_results]
     else:
-        topo = [out[("topology", s, p)] for s in spec.sizes for p in spec.policies]
+        topo = [out[("topology", s, p)] for s in spec.sizes for p in topology_policies]
     ws_alone = _working_set(trace, alone)
     return {
         "sizes": [{"label": label, "bytes": size, "fraction_of_working_set": size / max(1, trace.working_set_bytes()),
