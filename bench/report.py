@@ -79,7 +79,7 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 
 def _bytes(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n:.0f} B"
@@ -300,6 +300,7 @@ def plot_simulate(r: dict[str, Any]) -> dict[str, Callable[[], Figure]]:
     """The simulate plots: hit ratio vs cache size per policy; edge hit ratio and origin egress over time."""
     def sizes() -> Figure:
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         alone = r["bench"]["edge_alone"]
         ws = max(1, alone["working_set_bytes"])
@@ -317,6 +318,8 @@ def plot_simulate(r: dict[str, Any]) -> dict[str, Callable[[], Figure]]:
                 ax.plot([100 * p[0] for p in pts], [p[index] for p in pts], style[src], marker="o", markersize=3,
                         label=f"{name} ({src})", linewidth=2.2 if src == "ours" else 1.2)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(f"cache size, % of {alone['edge']}'s working set")
             ax.set_ylabel(title)
             ax.set_title(f"{title} vs cache size (edge alone, no prefetch)")
@@ -391,6 +394,11 @@ def plan_markdown(r: dict[str, Any]) -> str:
         f"{o['egress_gbps']['regional']:,.0f} Gbit/s, origin {o['egress_gbps']['origin']:,.0f} Gbit/s"),
         (f"- origin storage: **{_bytes(o['origin_storage_bytes'])}** "
         f"({_bytes(o['origin_storage_bytes'] / max(1, i['tracks']))} per track, every rendition)"),
+        (f"- how warm the caches are: production {o['listens_per_track_per_edge_per_day']:.2f} listens per track "
+         f"per edge per day; the simulated trace had "
+         + (f"{o['simulated_listens_per_track_per_edge']:.2f}" if o.get("simulated_listens_per_track_per_edge")
+            else "(unknown)")
+         + " per edge over its length: where the trace is warmer, the transferred hit ratios are optimistic"),
         "",
         "## Per region",
         "",
@@ -419,8 +427,7 @@ def plot_plan(r: dict[str, Any]) -> dict[str, Callable[[], Figure]]:
             values = [g[key] for g in regions]
             ax1.bar([x + (k - 1) * width for x in xs], values, width, label=label)
         ax1.set_xticks(list(xs), names)
-        ax1.set_yscale("log")
-        ax1.set_ylabel("Gbit/s at peak (log)")
+        ax1.set_ylabel("Gbit/s at peak")
         ax1.set_title("egress per tier and region")
         ax1.legend(fontsize=8)
         ax1.grid(True, axis="y", which="both", alpha=0.3)
