@@ -475,7 +475,7 @@ def read_trace(path: Path, fmt: str = "auto") -> Trace:
             continue
         trace.add(time, client, key, known if size is None else max(size, known))
     if not len(trace):
-        why = "; ".join(trace.examples) if trace.examples else (
+        why = f"{trace.malformed} malformed line(s): " + "; ".join(trace.examples) if trace.examples else (
             f"{trace.skipped} line(s), none a GET/HEAD of a cached object answered 200/206/304"
             if trace.skipped else "the file is empty")
         raise TraceError(f"{path}: no request could be read ({why})")

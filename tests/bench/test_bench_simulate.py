@@ -122,7 +122,7 @@ def test_unreadable_traces_fail_with_line_numbers(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("time,client,object,size\n1.0,c1,/tracks/t1/aac-96k/seg-00001.m4s,notanumber\n"
                    "2.0,c1\n3.0,c1,/tracks/../etc/passwd,10\n")
-    with pytest.raises(TraceError, match=r"no request could be read \(line 2: .*line 3: .*line 4: bad path"):
+    with pytest.raises(TraceError, match=r"no request could be read \(3 malformed line\(s\): line 2: .*line 3: .*line 4: bad path"):
         read_trace(bad)
     with pytest.raises(TraceError, match="no such file"):
         read_trace(tmp_path / "missing.csv")
@@ -252,7 +252,7 @@ def test_cli_trace_simulate_plan(cli, tmp_path: Path) -> None:  # type: ignore[n
 
 @pytest.mark.parametrize(("args", "message"), [
     (["simulate", "--trace", "MISSING"], "no such file"),
-    (["simulate", "--trace", "BAD"], "no request could be read (line 2:"),
+    (["simulate", "--trace", "BAD"], "no request could be read (1 malformed line(s): line 2:"),
     (["simulate", "--trace", "BAD", "--cache-size", "lots"], "is not a size"),
     (["simulate", "--trace", "BAD", "--cache-size", "150%"], "must be in (0, 100]"),
     (["simulate", "--trace", "BAD", "--policy", "fifo"], "unknown policy fifo"),
