@@ -417,6 +417,7 @@ class BenchSpec:
 _TRACE: Trace | None = None  # the trace a forked worker replays (inherited, not pickled)
 _ALONE: list[int] | None = None  # indices of edge-0's requests
 _SPEC: BenchSpec | None = None
+_ORACLE: Any = None  # libCacheSim's copy of edge-0's requests (bench.libcachesim_peer.OracleTrace)
 
 
 def _task(task: tuple[str, int, str]) -> tuple[tuple[str, int, str], Any]:
@@ -434,12 +435,23 @@ def _task(task: tuple[str, int, str]) -> tuple[tuple[str, int, str], Any]:
                       "requests_per_cpu_minute": round(r.requests / cpu * 60) if cpu > 0 else None}
     spec = _SPEC
     assert spec is not None
+    if kind == "peers":
+        from bench.libcachesim_peer import run_peers
+
+        results, output = run_peers(_ORACLE, size, spec.peers)
+        return task, ([p.to_json() for p in results], output)
     return task, run_topology(_TRACE, spec.topology(size, name), interval=spec.interval).to_json()
+
+
+def _cost(task: tuple[str, int, str]) -> float:
+    """A rough relative cost, to start the longest runs first."""
+    kind, _, name = task
+    return {"topology": 4.0, "alone": 1.0, "peers": 1.5}[kind] * (4.0 if name == "listen" else 1.0)
 
 
 def run_bench(trace: Trace, spec: BenchSpec, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``spec`` on ``trace``; return every number for the report (see bench/report.py)."""
-    global _TRACE, _ALONE, _SPEC
+    global _TRACE, _ALONE, _SPEC, _ORACLE
     edge_of = edge_of_clients(trace, spec.edges)
     alone = [i for i in range(len(trace)) if edge_of[trace.clients[i]] == 0]
     if not alone:
@@ -448,7 +460,16 @@ def run_bench(trace: Trace, spec: BenchSpec, progress: Progress | None = None) -
     topology_policies = spec.topology_policies or spec.policies
     if not spec.single_cache:
         tasks += [("topology", s, p) for s in spec.sizes for p in topology_policies]
-    weights = {"alone": len(alone), "topology": len(trace)}
+    unit = 1
+    if spec.peers:
+        from bench.libcachesim_peer import OracleTrace, unit_for
+
+        unit = unit_for(max(spec.sizes))
+        _ORACLE = OracleTrace([trace.times[i] for i in alone], [trace.objects[i] for i in alone],
+                              [trace.sizes[i] for i in alone], unit=unit)
+        tasks += [("peers", s, "") for s in spec.sizes]
+    tasks.sort(key=_cost, reverse=True)
+    weights = {"alone": len(alone), "topology": len(trace), "peers": 0}
     _TRACE, _ALONE, _SPEC = trace, alone, spec
     out: dict[tuple[str, int, str], Any] = {}
     try:
@@ -466,9 +487,16 @@ def run_bench(trace: Trace, spec: BenchSpec, progress: Progress | None = None) -
                 if progress is not None:
                     progress(weights[task[0]])
     finally:
-        _TRACE = _ALONE = _SPEC = None
+        if _ORACLE is not None:
+            _ORACLE.close()
+        _TRACE = _ALONE = _SPEC = _ORACLE = None
     alone_results = [out[("alone", s, p)] for s in spec.sizes for p in spec.policies]
-    peers, peer_output, unit = _run_peers(trace, alone, spec, progress)
+    peers: list[dict[str, Any]] = []
+    peer_output: list[str] = []
+    for size in spec.sizes if spec.peers else ():
+        results, said = out[("peers", size, "")]
+        peers += results
+        peer_output += [line for line in said if line not in peer_output]
     if spec.single_cache:
         topo = [_alone_as_topology(spec, r, trace, alone) for r in alone_results]
     else:
@@ -505,26 +533,6 @@ def _alone_as_topology(spec: BenchSpec, r: dict[str, Any], trace: Trace, alone: 
     result.duration = trace.duration
     result.cpu_seconds = r["cpu_seconds"]
     return result.to_json()
-
-
-def _run_peers(trace: Trace, alone: list[int], spec: BenchSpec,
-               progress: Progress | None) -> tuple[list[dict[str, Any]], list[str], int]:
-    if not spec.peers:
-        return [], [], 1
-    from bench.libcachesim_peer import OracleTrace, run_peers, unit_for
-
-    unit = unit_for(max(spec.sizes))
-    results: list[dict[str, Any]] = []
-    said: list[str] = []
-    with OracleTrace([trace.times[i] for i in alone], [trace.objects[i] for i in alone],
-                     [trace.sizes[i] for i in alone], unit=unit) as oracle:
-        for size in spec.sizes:
-            peer_results, output = run_peers(oracle, size, spec.peers)
-            results += [p.to_json() for p in peer_results]
-            said += [line for line in output if line not in said]
-            if progress is not None:
-                progress(0)
-    return results, said, unit
 
 
 def _speed(alone: list[dict[str, Any]], topo: list[dict[str, Any]]) -> dict[str, Any]:

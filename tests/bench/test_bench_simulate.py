@@ -235,7 +235,7 @@ def test_cli_trace_simulate_plan(cli, tmp_path: Path) -> None:  # type: ignore[n
     sim = tmp_path / "s"
     cli("bench", "simulate", "--trace", str(tmp_path / "t" / "trace.csv"), "--cache-size", "2%,10%",
         "--policy", "lru,listen", "--edges", "2", "--regionals", "2", "--prefetch", "1",
-        "--peers", "LRU,Belady", "--out", str(sim))
+        "--peers", "LRU,Belady", "--jobs", "2", "--out", str(sim))
     results = json.loads((sim / "results.json").read_text())
     assert {t["topology"]["edge_policy"] for t in results["bench"]["topology"]} == {"lru", "listen"}
     report = (sim / "report.md").read_text()
