@@ -68,7 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
     p.add_argument("--cache-ram", type=parse_size, metavar="BYTES", default=None,
                    help=f"RAM tier per worker for the hottest small objects, 0 to turn off (default from config: "
                    f"{d.cache.ram})")
-    p.add_argument("--policy", default=None, help=f"eviction policy by name (default from config: {d.cache.policy})")
+    p.add_argument("--policy", default=None, help="eviction policy by name: lru, lfu, sieve, s3fifo, listen (default from config; without one: "
+                   f"{'listen' if role == 'edge' else 's3fifo'})")
     p.add_argument("--workers", type=int, metavar="N", default=None,
                    help=f"worker processes sharing the port via SO_REUSEPORT (default from config: {d.workers})")
     p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False, default=None,
@@ -79,13 +80,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
 
 def load_config(args: argparse.Namespace, role: str, cls: type[N] | None = None) -> N:
     """The node's config: ``--config`` (loaded as ``cls``, default NodeConfig) or defaults, then the flags."""
-    from cache.config import NodeConfig, PrefetchConfig
+    from cache.config import CacheSettings, NodeConfig, PrefetchConfig
 
     kind: Any = cls or NodeConfig
     if args.config is not None:
         config = cfg.load(kind, args.config)
-    else:  # edges prefetch for the listeners; a regional doing it too would only cascade
-        config = kind(name=role, prefetch=PrefetchConfig(segments=2 if role == "edge" else 0))
+    else:  # edges prefetch for the listeners (a regional doing it too would only cascade) and keep
+        # listens (`listen`); a regional serves many edges, where s3fifo sends least to origin (bench/README.md)
+        edge = role == "edge"
+        config = kind(name=role, prefetch=PrefetchConfig(segments=2 if edge else 0),
+                      cache=CacheSettings(policy="listen" if edge else "s3fifo"))
     try:
         upstream = cfg.replace(config.upstream, peers=tuple(args.upstream) if args.upstream else None)
         cache = cfg.replace(config.cache, dir=args.cache_dir, size=args.cache_size, ram=args.cache_ram,
