@@ -25,7 +25,6 @@ import base64
 import binascii
 import os
 import re
-import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from drm.tokens import KEY_ID_RE
-from legato.config import ConfigError, build, setting
+from legato.config import ConfigError, load_section, setting
 
 MASTER_KEY_BYTES = 32
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -103,27 +102,7 @@ def load_sections(path: Path) -> tuple[KeysConfig, TokensConfig]:
     """``[keys]`` and ``[tokens]`` from a TOML file; other tables and keys are ignored, so a node's
     own config file (config/origin.toml, config/edge.toml) serves as well as config/drm.toml.
     A missing section gives that section's defaults."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    sections = []
-    for name, cls in (("keys", KeysConfig), ("tokens", TokensConfig)):
-        table = data.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {name}: expected a table")
-        try:
-            sections.append(build(cls, table, _prefix=name))
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    keys, tokens = sections
-    assert isinstance(keys, KeysConfig) and isinstance(tokens, TokensConfig)
-    return keys, tokens
+    return load_section(KeysConfig, path, "keys"), load_section(TokensConfig, path, "tokens")
 
 
 # ---------------------------------------------------------------- secrets

@@ -117,20 +117,40 @@ def build(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
     return obj
 
 
-def load(cls: type[T], path: str | Path) -> T:
-    """Load and validate a TOML file into ``cls``; errors name file and key."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; ConfigError naming the file when it is missing, unreadable or not TOML."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    """Load and validate a TOML file into ``cls``; errors name file and key."""
+    data = read_toml(path)
     try:
         return build(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_section(cls: type[T], path: str | Path, name: str, *, missing: str | None = None) -> T:
+    """Table ``[name]`` of a TOML file into ``cls``, other tables ignored (so one node's file can
+    serve several readers).  A missing table gives the defaults, or ConfigError(``missing``) when
+    ``missing`` is given."""
+    table = read_toml(path).get(name)
+    if table is None and missing is not None:
+        raise ConfigError(f"{path}: {missing}")
+    if not isinstance(table, dict | None):
+        raise ConfigError(f"{path}: {name}: expected a table")
+    try:
+        return build(cls, table or {}, _prefix=name)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

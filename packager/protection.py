@@ -23,7 +23,6 @@ published, so a published protected track always has its key.
 from __future__ import annotations
 
 import threading
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 
 from drm.config import KeysConfig, load_master_key
 from drm.keys import ContentKey, KeyStore, KeyStoreError, new_content_key
-from legato.config import ConfigError, build, replace
+from legato.config import ConfigError, load_section, replace
 
 PROTECT_CHOICES: dict[str, tuple[str, ...]] = {
     "both": ("hls-aes128", "cenc"),
@@ -109,22 +108,8 @@ def load_keys_config(path: Path | None, store: Path | None) -> KeysConfig:
     with ``store`` (``--keystore``) taking precedence."""
     cfg = KeysConfig()
     if path is not None:
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        table = data.get("keys")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: no [keys] table (store, master_key_file, master_key_env)")
-        try:
-            cfg = build(KeysConfig, table, _prefix="keys")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        cfg = load_section(KeysConfig, path, "keys",
+                           missing="no [keys] table (store, master_key_file, master_key_env)")
     if store is not None:
         cfg = replace(cfg, store=store)
     return cfg
