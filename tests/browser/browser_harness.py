@@ -1,4 +1,4 @@
-"""Real headless Chromium driving real players (hls.js, shaka-player).
+"""Real headless Chromium driving real players (hls.js, shaka-player, dash.js).
 
 `PageServer` serves this folder (player.html and the npm-installed players in
 node_modules) on 127.0.0.1; the stream comes from the origin on another port,
@@ -32,6 +32,7 @@ PLAYERS = {
     / "shaka-player"
     / "dist"
     / "shaka-player.compiled.js",
+    "dash.js": HERE / "node_modules" / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js",
 }
 CHROMIUM_FLAGS = (
     "--headless=new",

@@ -1,10 +1,10 @@
 """Protected playback in real headless Chromium, through a token-gated edge.
 
-shaka-player plays the CENC DASH stream with EME ClearKey, getting its
-licence from our /license/clearkey through the edge (the licence URL is the
-one the edge wrote into the MPD, token included); hls.js plays the HLS
+shaka-player and dash.js play the CENC DASH stream with EME ClearKey, getting
+their licence from our /license/clearkey through the edge (the licence URL is
+the one the edge wrote into the MPD, token included); hls.js plays the HLS
 AES-128 stream, fetching /keys/{kid} through the edge.  With a bad token,
-both report a key or licence error and play nothing: a manifest fetched with
+all report a key or licence error and play nothing: a manifest fetched with
 a good token but a key or licence asked for with a tampered or expired one,
 and a manifest asked for with a bad token.
 """
@@ -17,13 +17,32 @@ from pathlib import Path
 
 import pytest
 from browser_harness import Browser, PlayResult
-from protected_tiers import TRACK, Pack, Tiers, package_protected, protected_tiers
+from protected_tiers import (
+    CLEAR,
+    TRACK,
+    Pack,
+    Tiers,
+    package_protected,
+    protected_tiers,
+)
 
 SOURCE_DURATION = 20.0
 END_TOLERANCE = 0.5
 RATE = 16.0
 PLAY_TIMEOUT = 45.0
-MANIFESTS = {"hls.js": "master.m3u8", "shaka": "manifest.mpd"}
+MANIFESTS = {"hls.js": "master.m3u8", "shaka": "manifest.mpd", "dash.js": "manifest.mpd"}
+DASH = ("shaka", "dash.js")  # CENC DASH with an EME ClearKey licence
+# the error each player reports for a refused licence
+LICENCE_ERRORS = {"shaka": "code 6007", "dash.js": "code 114"}  # LICENSE_REQUEST_FAILED, MEDIA_KEY_MESSAGE_LICENSER_ERROR
+# Known failure, kept visible (strict: it fails loudly once fixed).  dash.js 5.2.1 asks EME for a
+# session with initDataType "keyids" whenever a ClearKey descriptor yields init data, but the init
+# data it passes is the MPD's cenc:pssh (a PSSH box), so generateRequest throws TypeError (dash.js
+# error 113) before any licence request.  With cenc:pssh left out of the ClearKey descriptor
+# (packager/dash.py), dash.js builds "keyids" data from cenc:default_KID and plays to the end
+# (checked by stripping cenc:pssh from the MPD in the page).
+DASHJS_CENC = pytest.param("dash.js", marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="dash.js 5.2.1 feeds the MPD's ClearKey cenc:pssh to EME as keyids (error 113)"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +65,7 @@ def played_nothing(run: PlayResult) -> None:
     assert run.result["currentTime"] < 0.5, f"played to {run.result['currentTime']}\n{msg}"
 
 
-@pytest.mark.parametrize("player", ["shaka", "hls.js"])
+@pytest.mark.parametrize("player", ["shaka", DASHJS_CENC, "hls.js"])
 def test_plays_the_protected_stream_to_the_end(browser: Browser, page_url: str, tiers: Tiers, player: str) -> None:
     token = tiers.pack.token(session=f"browser-{player}")
     src = f"{tiers.edge.url}/tracks/{TRACK}/{MANIFESTS[player]}?token={token}"
@@ -56,23 +75,35 @@ def test_plays_the_protected_stream_to_the_end(browser: Browser, page_url: str, 
     assert r["error"] is None, msg
     assert abs(r["duration"] - SOURCE_DURATION) <= END_TOLERANCE, msg
     assert abs(r["currentTime"] - r["duration"]) <= END_TOLERANCE, msg
-    scheme = "cenc" if player == "shaka" else "hls-aes128"
+    scheme = "cenc" if player in DASH else "hls-aes128"
     media = run.media_urls()
     assert media and all(f"/tracks/{TRACK}/{scheme}/" in u for u in media), f"media from {media}\n{msg}"
     assert not any("token=" in u for u in media), "segments must stay token-free (shared, cacheable)"
-    asked = "/license/clearkey?token=" if player == "shaka" else "/keys/"
+    asked = "/license/clearkey?token=" if player in DASH else "/keys/"
     keys = [u for u in r["resources"] if asked in u]
     assert keys and all(u.startswith(tiers.edge.url) and "token=" in u for u in keys), f"{keys}\n{msg}"
 
 
-def test_shaka_with_a_bad_licence_token_plays_nothing(browser: Browser, page_url: str, tiers: Tiers) -> None:
+@pytest.mark.parametrize("player", ["shaka", DASHJS_CENC])
+def test_a_bad_licence_token_plays_nothing(browser: Browser, page_url: str, tiers: Tiers, player: str) -> None:
     pack = tiers.pack
-    src = f"{tiers.edge.url}/tracks/{TRACK}/manifest.mpd?token={pack.token(session='shaka-bad')}"
-    for bad in (tampered(pack, "shaka-tampered"), pack.token(session="shaka-expired", now=time.time() - 3600)):
-        run = browser.play(page_url, player="shaka", src=src, rate=RATE, timeout=PLAY_TIMEOUT,
+    src = f"{tiers.edge.url}/tracks/{TRACK}/manifest.mpd?token={pack.token(session=f'{player}-bad')}"
+    for bad in (tampered(pack, f"{player}-tampered"), pack.token(session=f"{player}-expired", now=time.time() - 3600)):
+        run = browser.play(page_url, player=player, src=src, rate=RATE, timeout=PLAY_TIMEOUT,
                            extra={"license": f"{tiers.edge.url}/license/clearkey?token={bad}"})
         played_nothing(run)
-        assert "code 6007" in run.result["error"], f"not a licence error\n{run.report()}"  # LICENSE_REQUEST_FAILED
+        assert LICENCE_ERRORS[player] in run.result["error"], f"not a licence error\n{run.report()}"
+
+
+def test_dashjs_plays_the_clear_dash_stream(browser: Browser, page_url: str, tiers: Tiers) -> None:
+    """The control for the dash.js CENC cases: the same page and edge with the clear track."""
+    src = f"{tiers.edge.url}/tracks/{CLEAR}/manifest.mpd?token={tiers.pack.token(CLEAR, session='dashjs-clear')}"
+    run = browser.play(page_url, player="dash.js", src=src, rate=RATE, timeout=PLAY_TIMEOUT)
+    r, msg = run.result, run.report()
+    assert run.state == "ended" and r["error"] is None, f"dash.js did not play {src} to the end\n{msg}"
+    assert abs(r["currentTime"] - SOURCE_DURATION) <= END_TOLERANCE, msg
+    media = run.media_urls()
+    assert media and all(f"/tracks/{CLEAR}/" in u and "/cenc/" not in u for u in media), f"{media}\n{msg}"
 
 
 def test_hlsjs_with_a_bad_key_token_plays_nothing(browser: Browser, page_url: str, tiers: Tiers) -> None:
