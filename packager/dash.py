@@ -8,8 +8,10 @@ descriptors (ISO/IEC 23009-1 §5.8.4.1, DASH-IF IOP "Content protection"):
   ``cenc:default_KID`` (the KID in UUID form, as in the init's ``tenc``);
 - W3C ClearKey, ``urn:uuid:e2719d58-a985-b3c9-781a-b030af78d30e``, with the
   licence URL in ``clearkey:Laurl Lic_type="EME-1.0"`` (the DASH-IF ClearKey
-  namespace, read by shaka-player and dash.js) and ``cenc:pssh``, the W3C
-  common PSSH box listing the KID (the same box as in the init segment).
+  namespace, read by shaka-player and dash.js).  No ``cenc:pssh`` here: the
+  W3C common PSSH box is in the init segment, and dash.js hands an MPD's
+  ClearKey ``cenc:pssh`` to EME as "keyids" init data, which Chromium
+  rejects; without it dash.js builds keyids from ``cenc:default_KID``.
 
 They sit on the AdaptationSet when all its Representations share one key
 (the default, one key per track), else on each Representation.  The licence
@@ -19,13 +21,11 @@ listener's token.
 
 from __future__ import annotations
 
-import base64
 import itertools
 from xml.etree import ElementTree as ET
 
 from drm import cenc
 from legato.urls import Kind, Route
-from packager import mp4
 from packager.catalog import Rendition, Track
 
 NS = "urn:mpeg:dash:schema:mpd:2011"
@@ -70,8 +70,6 @@ def content_protection(parent: ET.Element, kid_hex: str) -> None:
                              {"schemeIdUri": CLEARKEY_SCHEME, "value": "ClearKey1.0"})
     laurl = ET.SubElement(clearkey, f"{{{CLEARKEY_NS}}}Laurl", {"Lic_type": "EME-1.0"})
     laurl.text = LICENSE_PATH
-    pssh = ET.SubElement(clearkey, f"{{{CENC_NS}}}pssh")
-    pssh.text = base64.b64encode(mp4.pssh(cenc.COMMON_SYSTEM_ID.bytes, [kid])).decode()
 
 
 def mpd(track: Track) -> str:

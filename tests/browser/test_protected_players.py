@@ -34,17 +34,6 @@ MANIFESTS = {"hls.js": "master.m3u8", "shaka": "manifest.mpd", "dash.js": "manif
 DASH = ("shaka", "dash.js")  # CENC DASH with an EME ClearKey licence
 # the error each player reports for a refused licence
 LICENCE_ERRORS = {"shaka": "code 6007", "dash.js": "code 114"}  # LICENSE_REQUEST_FAILED, MEDIA_KEY_MESSAGE_LICENSER_ERROR
-# Known failure, kept visible (strict: it fails loudly once fixed).  dash.js 5.2.1 asks EME for a
-# session with initDataType "keyids" whenever a ClearKey descriptor yields init data, but the init
-# data it passes is the MPD's cenc:pssh (a PSSH box), so generateRequest throws TypeError (dash.js
-# error 113) before any licence request.  With cenc:pssh left out of the ClearKey descriptor
-# (packager/dash.py), dash.js builds "keyids" data from cenc:default_KID and plays to the end
-# (checked by stripping cenc:pssh from the MPD in the page).
-DASHJS_CENC = pytest.param("dash.js", marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="dash.js 5.2.1 feeds the MPD's ClearKey cenc:pssh to EME as keyids (error 113)"))
-
-
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory: pytest.TempPathFactory, source_track: Path) -> Iterator[Tiers]:
     pack = package_protected(tmp_path_factory.mktemp("protected-browser"), source_track)
@@ -65,7 +54,7 @@ def played_nothing(run: PlayResult) -> None:
     assert run.result["currentTime"] < 0.5, f"played to {run.result['currentTime']}\n{msg}"
 
 
-@pytest.mark.parametrize("player", ["shaka", DASHJS_CENC, "hls.js"])
+@pytest.mark.parametrize("player", ["shaka", "dash.js", "hls.js"])
 def test_plays_the_protected_stream_to_the_end(browser: Browser, page_url: str, tiers: Tiers, player: str) -> None:
     token = tiers.pack.token(session=f"browser-{player}")
     src = f"{tiers.edge.url}/tracks/{TRACK}/{MANIFESTS[player]}?token={token}"
@@ -84,7 +73,7 @@ def test_plays_the_protected_stream_to_the_end(browser: Browser, page_url: str, 
     assert keys and all(u.startswith(tiers.edge.url) and "token=" in u for u in keys), f"{keys}\n{msg}"
 
 
-@pytest.mark.parametrize("player", ["shaka", DASHJS_CENC])
+@pytest.mark.parametrize("player", ["shaka", "dash.js"])
 def test_a_bad_licence_token_plays_nothing(browser: Browser, page_url: str, tiers: Tiers, player: str) -> None:
     pack = tiers.pack
     src = f"{tiers.edge.url}/tracks/{TRACK}/manifest.mpd?token={pack.token(session=f'{player}-bad')}"
