@@ -57,6 +57,7 @@ from bench.player import (
 from legato.cli import HelpFormatter
 
 CACHED = "HIT"
+PASS = "PASS"  # keys and licences: forwarded, never cacheable, so left out of hit ratios
 
 
 @dataclass
@@ -80,13 +81,13 @@ class Stats:
     listens: list[Listen] = field(default_factory=list)
     x_cache: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    # per wall second since start: [requests, bytes, edge hits]
+    # per wall second since start: [cacheable requests, bytes, edge hits]
     series: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
     def request(self, now: float, size: int, x_cache: str) -> None:
         self.x_cache[x_cache] += 1
         row = self.series[int(now - self.origin)]
-        row[0] += 1
+        row[0] += x_cache != PASS  # cacheable requests (the hit ratio's base)
         row[1] += size
         row[2] += x_cache == CACHED
 
@@ -345,7 +346,7 @@ async def _status(stats: Stats, deadline: float, progress: bool) -> None:
             continue
         last = now
         second = stats.series.get(int(now - stats.origin) - 1, [0, 0, 0])
-        total = sum(stats.x_cache.values())
+        total = sum(stats.x_cache.values()) - stats.x_cache[PASS]
         starts = [x.startup for x in stats.listens if x.startup is not None]
         p50 = percentile(starts, 50)
         line = (f"load: {now - stats.origin:5.0f}/{deadline - stats.origin:.0f} s  listens {len(stats.listens):5d}  "
@@ -364,6 +365,7 @@ def summarise(stats: Stats, tiers: dict[str, Any], plan: Plan, players: int) -> 
     played = sum(x.played for x in done)
     stalled = sum(x.stalled for x in done)
     total = sum(stats.x_cache.values())
+    cacheable = total - stats.x_cache[PASS]
     return {
         "players": players,
         "duration_s": plan.duration,
@@ -381,7 +383,7 @@ def summarise(stats: Stats, tiers: dict[str, Any], plan: Plan, players: int) -> 
         "rebuffer_ratio": stalled / (played + stalled) if played + stalled else 0.0,
         "bitrate_switches": sum(x.switches for x in done),
         "edge_x_cache": dict(stats.x_cache),
-        "edge_hit_ratio": stats.x_cache[CACHED] / total if total else None,
+        "edge_hit_ratio": stats.x_cache[CACHED] / cacheable if cacheable else None,
         "tiers": tiers,
         "surge": None if plan.surge is None else {"at_s": plan.surge[0], "for_s": plan.surge[1],
                                                   "share": plan.surge[2], "track": plan.surge[3]},
@@ -424,7 +426,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         s = results["surge"]
         ax.axvspan(s["at_s"], s["at_s"] + s["for_s"], color="tab:red", alpha=0.1, label="viral surge")
     ax.set_title("Throughput and edge hit ratio over time")
-    fig.legend(loc="lower right")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center left", fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "throughput_hit_ratio.png", dpi=100)
     plt.close(fig)
@@ -442,8 +445,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     text = f"""# bench load
 
 {results['players']} players for {results['duration_s']:.0f} s: {results['listens']} listens
-({results['listens_started']} started), {results['requests']} requests, **{results['errors']} errors**
-{json.dumps(results['errors_by_cause']) if results['errors'] else ''}.
+({results['listens_started']} started), {results['requests']} requests, **{results['errors']} errors**{
+    ' (' + json.dumps(results['errors_by_cause']) + ')' if results['errors'] else ''}.
 
 ## Start-up time (ms, manifest request to first segment in hand)
 
@@ -464,7 +467,7 @@ Each includes the simulated link: {results['rtt_ms']:.0f} ms round trip per requ
 
 ## Caching
 
-- edge hit ratio (from `X-Cache`): {'-' if edge is None else f'{edge:.1%}'} {json.dumps(results['edge_x_cache'])}
+- edge hit ratio (from `X-Cache`, keys and licences left out: they are never cached): {'-' if edge is None else f'{edge:.1%}'} {json.dumps(results['edge_x_cache'])}
 - origin segment and init fetches: {tiers.get('origin_segment_fetches', '-')}
 
 | tier | hit ratio | results (from the nodes' /metrics) |
