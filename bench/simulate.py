@@ -50,6 +50,7 @@ from bench.trace import Trace
 from cache.key import ring_key
 from cache.policy import make_policy
 from cache.ring import Ring
+from cache.sim import HitCounts
 from legato import urls
 
 __all__ = ["PREFETCH_TTL", "BenchSpec", "TierStats", "Topology", "TopologyResult", "edge_of_clients", "run_bench",
@@ -88,22 +89,10 @@ class Topology:
 
 
 @dataclass(slots=True)
-class TierStats:
+class TierStats(HitCounts):
     """Requests a tier answered and how many bytes it served from cache."""
 
-    requests: int = 0
-    hits: int = 0
-    bytes: int = 0
-    byte_hits: int = 0
     evictions: int = 0
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.hits / self.requests if self.requests else 0.0
-
-    @property
-    def byte_hit_ratio(self) -> float:
-        return self.byte_hits / self.bytes if self.bytes else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "hits": self.hits, "bytes": self.bytes, "byte_hits": self.byte_hits,

@@ -65,6 +65,7 @@ from legato import urls
 
 __all__ = [
     "DEFAULT_RENDITIONS",
+    "HitCounts",
     "IntervalStats",
     "MusicWorkload",
     "Rendition",
@@ -94,10 +95,9 @@ class Request:
 
 
 @dataclass(slots=True)
-class IntervalStats:
-    """Counts for one interval ``[start, start + length)`` of virtual time."""
+class HitCounts:
+    """Requests and bytes asked for, and how many of each a cache served."""
 
-    start: float
     requests: int = 0
     hits: int = 0
     bytes: int = 0
@@ -110,6 +110,13 @@ class IntervalStats:
     @property
     def byte_hit_ratio(self) -> float:
         return self.byte_hits / self.bytes if self.bytes else 0.0
+
+
+@dataclass(slots=True)
+class IntervalStats(HitCounts):
+    """Counts for one interval ``[start, start + length)`` of virtual time."""
+
+    start: float = 0.0
 
 
 @dataclass(slots=True)
@@ -227,7 +234,7 @@ def _count_interval(series: list[IntervalStats], req: Request, hit: bool, origin
     """Count ``req`` in its interval, appending empty intervals for gaps."""
     index = int((req.time - origin) // interval)
     while len(series) <= index:
-        series.append(IntervalStats(origin + len(series) * interval))
+        series.append(IntervalStats(start=origin + len(series) * interval))
     bucket = series[index]
     bucket.requests += 1
     bucket.bytes += req.size
