@@ -177,7 +177,15 @@ async def _serve_socket(
         if custom is not None:
             await custom.shutdown(options.shutdown_timeout)
     finally:
+        # aiohttp's cleanup closes each connection once its response is written, but close()
+        # still has to flush the transport's buffer (the end of a large body): keep the loop
+        # running until every connection is gone, or those bytes die with the process.
+        server = runner.server
+        transports = [h.transport for h in server.connections if h.transport] if server is not None else []
         await runner.cleanup()
+        deadline = loop.time() + options.shutdown_timeout
+        while any(t.get_write_buffer_size() for t in transports) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         if lifeline is not None:
             loop.remove_reader(lifeline)
 
