@@ -195,25 +195,34 @@ class Upstream:
         return aiohttp.ClientTimeout(connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
                                      sock_read=self.config.read_timeout)
 
+    async def _request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> aiohttp.ClientResponse:
+        """The response head from a peer, or _PeerFailed when none comes within first_byte_timeout."""
+        request = self.session.request(method, url, headers=headers, data=body or None, timeout=self._timeout(),
+                                       allow_redirects=False)
+        try:
+            return await asyncio.wait_for(request, self.config.first_byte_timeout)
+        except TimeoutError:
+            raise _PeerFailed(f"no response within {self.config.first_byte_timeout:g} s", timeout=True) from None
+
     async def _exchange(self, peer: str, method: str, target: str, headers: Mapping[str, str], body: bytes,
                         max_body: int) -> Forwarded:
         request_headers = dict(headers)
         request_headers["Via"] = f"1.1 {self.node}"
         try:
-            request = self.session.request(method, peer + target, headers=request_headers, data=body or None,
-                                           timeout=self._timeout(), allow_redirects=False)
-            try:
-                resp = await asyncio.wait_for(request, self.config.first_byte_timeout)
-            except TimeoutError:
-                raise _PeerFailed(f"no response within {self.config.first_byte_timeout:g} s", timeout=True) from None
+            resp = await self._request(method, peer + target, request_headers, body)
             async with resp:
                 if resp.status >= 500:
                     raise _PeerFailed(f"answered {resp.status}")
                 if (resp.content_length or 0) > max_body:
                     raise _PeerFailed(f"answer of {resp.content_length} bytes is over {max_body}")
-                data = await resp.content.read(max_body + 1)
-                if len(data) > max_body or not resp.content.at_eof():
-                    raise _PeerFailed(f"answer is over {max_body} bytes")
+                chunks: list[bytes] = []
+                size = 0
+                while chunk := await resp.content.read(max_body + 1 - size):  # read(n): what has arrived
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_body:
+                        raise _PeerFailed(f"answer is over {max_body} bytes")
+                data = b"".join(chunks)
                 raw = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
                 kept = [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]
                 return Forwarded(resp.status, kept, data)
@@ -236,12 +245,7 @@ class Upstream:
             request_headers["Range"] = f"bytes={t.written}-"
             request_headers["If-Range"] = t.etag
         try:
-            request = self.session.get(peer + path, headers=request_headers, timeout=self._timeout(),
-                                       allow_redirects=False)
-            try:
-                resp = await asyncio.wait_for(request, self.config.first_byte_timeout)
-            except TimeoutError:
-                raise _PeerFailed(f"no response within {self.config.first_byte_timeout:g} s", timeout=True) from None
+            resp = await self._request("GET", peer + path, request_headers)
             async with resp:
                 if resp.status >= 500:
                     raise _PeerFailed(f"answered {resp.status}")
