@@ -15,17 +15,21 @@ temporary directory on 127.0.0.1, one process each:
   with no request limit, ``access_log off``, and ``add_header`` for the
   fields a cache hit carries (Cache-Control, CORS, Via, Age, X-Cache), so both
   sides write heads of about the same size.
-* **Legato**: a worker process running ``cache.fastpath.serve`` in front of
-  an aiohttp ``AppRunner`` (uvloop, as ``legato.server`` runs nodes), in
-  up to three variants (``--lookup``).  ``store``: the objects are first stored in a real
-  ``cache.store.Store`` (SQLite index, adopted body files, xxh3) and every hit
-  is ``Store.lookup``: an index read, an open, an fstat (the checksum is
-  verified on the first hit only) and a policy event, then
-  ``cache.respond`` shapes it.  ``store-ram`` is the same store with its RAM
-  tier on (from the second hit, bodies are sent from memory with one
-  ``sendmsg``; the index is still read per hit).  ``files``: a hit just opens
-  the file, as nginx does with its default ``open_file_cache off``: the pure
-  serving path, without the store's bookkeeping.
+* **Legato**, in up to three variants (``--lookup``):
+
+  - ``edge``: a real ``legato edge`` (one worker, uvloop, the default
+    config: listen policy, RAM tier, prefetch, metrics) whose cache was
+    filled through it from an nginx "origin" before the first round; every
+    round starts a new edge process on that cache directory (a warm
+    restart), so each hit takes the whole node path: the fast path's head
+    parsing, ``Node.lookup`` (route, ``Store.lookup``, freshness, metrics,
+    prefetch bookkeeping), ``cache.respond`` and ``os.sendfile`` (or one
+    ``sendmsg`` from the RAM tier);
+  - ``edge-disk``: the same with the RAM tier off (``--cache-ram 0``):
+    every body goes out with ``os.sendfile``;
+  - ``files``: ``cache.fastpath.serve`` alone with a lookup that just
+    opens the file, as nginx does with its default ``open_file_cache off``:
+    the serving path without the node's bookkeeping, for reference.
 
 Each is loaded with ``wrk`` (keep-alive, one thread: the other core runs the
 server) at 64 and 256 connections, after a warm-up, alternating nginx /
@@ -38,7 +42,7 @@ noisy neighbour is visible in the results.  Medians over the rounds are
 compared; the ratios are Legato / nginx.  Targets (reported, not asserted):
 requests/s >= 0.8x, p99 <= 1.5x, CPU per request <= 2x.
 
-    python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s, 3 variants
+    python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s, edge and files
     python bench/serve_vs_nginx.py --duration 3 --rounds 1 --connections 64   # quick look
     python bench/serve_vs_nginx.py --legato-modes sendfile,no-sendfile      # also the kill switch
     python bench/serve_vs_nginx.py --lookup files                           # the serving path alone
@@ -74,7 +78,7 @@ from typing import Any
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-RAM_TIER = 64 << 20  # bytes of the store's RAM tier in the store-ram variant
+LOOKUPS = ("edge", "edge-disk", "files")
 TARGETS = {"rps_ratio_min": 0.8, "p99_ratio_max": 1.5, "cpu_ratio_max": 2.0}
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -109,11 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured runs per server and configuration, alternating (default: 3)")
     p.add_argument("--legato-modes", type=lambda t: csv(str, t), default=["sendfile"], metavar="MODE,...",
                    help="sendfile and/or no-sendfile (LEGATO_NO_SENDFILE=1) (default: sendfile)")
-    p.add_argument("--lookup", type=lambda t: csv(str, t), default=["store", "store-ram", "files"],
-                   metavar="KIND,...",
-                   help="where Legato's hits come from, each a separate variant: a cache.store.Store (store), the "
-                        "same with its RAM tier (store-ram), or straight from the files (files) "
-                        "(default: store,store-ram,files)")
+    p.add_argument("--lookup", type=lambda t: csv(str, t), default=["edge", "files"], metavar="KIND,...",
+                   help="Legato variants: a real `legato edge` with the default config (edge), the same without "
+                        "its RAM tier (edge-disk), or the fast path alone straight from the files (files) "
+                        "(default: edge,files)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="Legato worker's event loop (default: uvloop, as legato.server)")
     p.add_argument("--nginx-tcp-nopush", choices=("on", "off"), default="on",
@@ -216,6 +219,7 @@ http {{
         listen 127.0.0.1:{port};
         root {www};
 {headers}
+        location = /healthz {{ return 200 "ok\\n"; }}
     }}
 }}
 """
@@ -239,8 +243,13 @@ def run_nginx(www: Path, workdir: Path, nopush: str) -> Iterator[tuple[int, int]
 
 
 @contextlib.contextmanager
-def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str) -> Iterator[tuple[int, int]]:
-    """A Legato fast-path worker serving ``www``; yields (port, pid)."""
+def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str,
+               origin: str | None = None) -> Iterator[tuple[int, int]]:
+    """A Legato process serving ``www`` (``files``) or an edge on ``workdir/edge-cache``; yields (port, pid).
+
+    The edge variants pull misses from ``origin`` and keep their cache
+    directory between rounds (each round is a warm restart).
+    """
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("LEGATO_NO_SENDFILE", None)
@@ -248,9 +257,17 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str) -> I
         env["LEGATO_NO_SENDFILE"] = "1"
     if loop == "asyncio":
         env["LEGATO_BENCH_LOOP"] = "asyncio"
+    if lookup == "files":
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port), lookup]
+    else:
+        assert origin is not None
+        cmd = [sys.executable, "-c", "import sys; from legato.cli import main; sys.exit(main())", "edge",
+               "--name", "bench", "--listen", f"127.0.0.1:{port}", "--workers", "1", "--upstream", origin,
+               "--cache-dir", str(workdir / "edge-cache"), "--no-access-log"]
+        if lookup == "edge-disk":
+            cmd += ["--cache-ram", "0"]
     with open(workdir / "legato-stderr.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port),
-                                 lookup], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_listening(port, proc)
         yield port, proc.pid
@@ -288,31 +305,6 @@ class FileHit:
         os.close(self._fd)
 
 
-class StoreHit:
-    """A ``cache.store.Hit`` as the fast path wants it (what a node adapter does)."""
-
-    __slots__ = ("_hit", "age", "cached")
-
-    def __init__(self, hit: Any, cached: Any, age: int) -> None:
-        self._hit = hit
-        self.cached = cached
-        self.age = age
-
-    @property
-    def size(self) -> int:
-        return int(self._hit.size)
-
-    @property
-    def body(self) -> bytes | None:
-        return self._hit.body  # type: ignore[no-any-return]
-
-    def fileno(self) -> int:
-        return int(self._hit.fileno())
-
-    def close(self) -> None:
-        self._hit.close()
-
-
 def stored_headers(path: Path) -> tuple[tuple[str, str], ...]:
     from legato import http as h
 
@@ -326,44 +318,15 @@ def file_lookup(www: Path) -> Any:
     from cache.respond import Cached
 
     now = time.time()
-    objects = {"/" + p.name: (str(p), Cached.from_stored(200, stored_headers(p), p.stat().st_size, now))
-               for p in sorted(www.iterdir())}
+    objects = {"/" + p.relative_to(www).as_posix(): (str(p), Cached.from_stored(200, stored_headers(p),
+                                                                                p.stat().st_size, now))
+               for p in sorted(www.rglob("*")) if p.is_file()}
 
     def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> FileHit | None:
         found = objects.get(target)
         return FileHit(*found) if found is not None else None
 
-    return lookup, None
-
-
-def store_lookup(www: Path, ram_bytes: int = 0) -> Any:
-    """Hits from a real cache.store.Store filled with the files (keys are the paths)."""
-    from cache.meta import ResponseHead
-    from cache.respond import Cached
-    from cache.store import Store
-
-    store = Store(tempfile.mkdtemp(prefix="store-", dir=www.parent), 1 << 30, ram_bytes=ram_bytes)
-    now = time.time()
-    for path in sorted(www.iterdir()):
-        data = path.read_bytes()
-        writer = store.begin("/" + path.name, now, content_length=len(data))
-        writer.write(data)
-        if writer.commit(ResponseHead.build(200, stored_headers(path), len(data)), now) is None:
-            raise RuntimeError(f"the store did not take {path.name}")
-    shapes: dict[str, tuple[Any, Cached]] = {}  # key -> (meta, Cached): one Cached per stored object
-
-    def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> StoreHit | None:
-        hit = store.lookup(target, now)
-        if hit is None:
-            return None
-        meta = hit.meta
-        known = shapes.get(target)
-        if known is None or known[0] is not meta:
-            known = shapes[target] = (meta, Cached.from_stored(meta.status, meta.headers, meta.size,
-                                                               meta.response_time))
-        return StoreHit(hit, known[1], max(0, int(now - meta.response_time)))
-
-    return lookup, store
+    return lookup
 
 
 async def _worker(www: Path, port: int, kind: str) -> None:
@@ -371,10 +334,7 @@ async def _worker(www: Path, port: int, kind: str) -> None:
 
     from cache.fastpath import serve
 
-    if kind == "files":
-        lookup, store = file_lookup(www)
-    else:
-        lookup, store = store_lookup(www, RAM_TIER if kind == "store-ram" else 0)
+    lookup = file_lookup(www)
     app = web.Application()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -388,8 +348,6 @@ async def _worker(www: Path, port: int, kind: str) -> None:
     await stopped.wait()
     await server.shutdown(2.0)
     await runner.cleanup()
-    if store is not None:
-        store.close()
 
 
 # --------------------------------------------------------------------------
@@ -454,6 +412,19 @@ def wrk(url: str, connections: int, seconds: float, threads: int) -> tuple[str, 
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{output}")
     return output, usage.ru_utime + usage.ru_stime
+
+
+def object_path(size: int) -> str:
+    """Where the object of ``size`` bytes lives (in the URL space, so an edge caches it)."""
+    return f"/tracks/bench/r{size}/seg-00001.m4s"
+
+
+def check_hit(port: int, path: str) -> None:
+    """After a measured run: the edge answers ``path`` from its cache (the run measured hits, not misses)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        response.read()
+        if response.headers.get("X-Cache") != "HIT":
+            raise RuntimeError(f"port {port}{path}: X-Cache {response.headers.get('X-Cache')!r}, not a HIT")
 
 
 def check_object(port: int, path: str, expected: bytes) -> None:
@@ -547,9 +518,9 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
         "",
         "Generated by `bench/serve_vs_nginx.py` (see its docstring for the method). Ratios are Legato / nginx,",
         f"medians of {args.rounds} alternating runs of {args.duration:g} s each (after {args.warmup:g} s warm-up),",
-        (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run; Legato on {args.loop}, hits from "
-         f"a `cache.store.Store` (store), the same with its RAM tier (store-ram) or straight from the files "
-         f"(files). Targets: requests/s ≥ "
+        (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run; Legato on {args.loop}: a real "
+         f"`legato edge` with the default config serving hits from its cache (edge), the same without its RAM "
+         f"tier (edge-disk), or the fast path alone straight from the files (files). Targets: requests/s ≥ "
         f"{TARGETS['rps_ratio_min']}x, p99 ≤ {TARGETS['p99_ratio_max']}x, CPU/request ≤ {TARGETS['cpu_ratio_max']}x."),
         "",
         ("| legato (mode-lookup) | object | conns | rps ratio | p99 ratio | CPU/req ratio | nginx rps | legato rps "
@@ -594,35 +565,43 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(Path(args.worker[0]), int(args.worker[1]), args.worker[2])
         return 0
     bad = [m for m in args.legato_modes if m not in ("sendfile", "no-sendfile")]
-    bad += [k for k in args.lookup if k not in ("store", "store-ram", "files")]
+    bad += [k for k in args.lookup if k not in LOOKUPS]
     variants = [(mode, kind) for kind in args.lookup for mode in args.legato_modes]
     if bad or args.rounds < 1 or args.duration <= 0:
         sys.exit(f"serve_vs_nginx: bad settings: {bad}, rounds {args.rounds}, duration {args.duration}")
     ensure_tools(install=not args.no_install)
     facts = machine_facts()
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="legato-serve-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="legato-serve-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         www = work / "www"
-        www.mkdir()
         objects = {}
         for size in args.sizes:
             data = os.urandom(size)
-            (www / f"seg-{size}.m4s").write_bytes(data)
+            path = object_path(size)
+            (www / path[1:]).parent.mkdir(parents=True)
+            (www / path[1:]).write_bytes(data)
             objects[size] = data
         (work / "nginx").mkdir()
+        origin = None
+        if any(kind.startswith("edge") for kind in args.lookup):  # where the edge fills its cache from
+            (work / "origin").mkdir()
+            origin_port, _ = stack.enter_context(run_nginx(www, work / "origin", args.nginx_tcp_nopush))
+            origin = f"http://127.0.0.1:{origin_port}"
         for conns in args.connections:
             for size in args.sizes:
-                path = f"/seg-{size}.m4s"
+                path = object_path(size)
                 for rnd in range(args.rounds):
                     with run_nginx(www, work / "nginx", args.nginx_tcp_nopush) as (port, pid):
                         check_object(port, path, objects[size])
                         runs.append(measure("nginx", port, pid, path, size, conns, rnd, args))
                         print(_line(runs[-1]), flush=True)
                     for mode, kind in variants:
-                        with run_legato(www, work, mode, args.loop, kind) as (port, pid):
+                        with run_legato(www, work, mode, args.loop, kind, origin) as (port, pid):
                             check_object(port, path, objects[size])
                             runs.append(measure(f"legato-{mode}-{kind}", port, pid, path, size, conns, rnd, args))
+                            if kind != "files":
+                                check_hit(port, path)
                             print(_line(runs[-1]), flush=True)
     rows = summarise(runs, [f"legato-{mode}-{kind}" for mode, kind in variants])
     write_report(args.out, facts, args, runs, rows)

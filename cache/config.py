@@ -37,7 +37,7 @@ class UpstreamConfig:
 class CacheSettings:
     dir: Path = setting(Path("cache"), "cache directory on SSD (objects, index, locks)")  # noqa: RUF009
     size: int = setting(10 << 30, "bytes of objects the disk tier may hold")
-    ram: int = setting(256 << 20, "bytes of the hottest small objects kept in RAM per worker (0: off)")
+    ram: int = setting(256 << 20, "bytes of the hottest small objects (up to 64 KiB each) kept in RAM per worker (0: off)")
     policy: str = setting("listen", "eviction policy by name: lru, lfu, sieve, s3fifo, listen")
     max_waiters: int = setting(10_000, "requests that may wait on one in-flight fetch before 503s")
     stale_if_error: int = setting(86_400, "seconds a stale object may be served when upstream fails "

@@ -77,6 +77,8 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 PURGE_PATH = "/admin/purge"
 CACHEABLE = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.TRACK_JSON, urls.Kind.MEDIA_PLAYLIST,
                        urls.Kind.INIT, urls.Kind.SEGMENT, urls.Kind.LICENSE})
+ROUTE_MEMO = 65536
+"""Parsed request paths each worker remembers for the fast path."""
 FORWARDED = frozenset({urls.Kind.KEY, urls.Kind.CLEARKEY})
 """Kinds passed through to upstream and never stored."""
 FORWARD_METHODS = (hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_POST)
@@ -140,10 +142,15 @@ class NodeMetrics:
                                  registry=registry, multiprocess_mode="livemax")
         self.store_objects = Gauge("legato_store_objects", "Objects in the store", ("tier",),
                                    registry=registry, multiprocess_mode="livemax")
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labels() costs more than inc()
 
     def result(self, result: str, status: int, sent: int) -> None:
-        self.results.labels(self.role, result).inc()
-        self.sent.labels(self.role, result, str(status)).inc(sent)
+        children = self._children.get((result, status))
+        if children is None:
+            children = self._children[result, status] = (
+                self.results.labels(self.role, result), self.sent.labels(self.role, result, str(status)))
+        children[0].inc()
+        children[1].inc(sent)
 
 
 class _Entry:
@@ -199,6 +206,7 @@ class Node:
                                      cached=self._is_cached, playlist=self._stored_body,
                                      misses_in_flight=self.coalescer.in_flight, on_outcome=self._prefetch_outcome)
         self._entries: OrderedDict[tuple[str, str, float], _Entry] = OrderedDict()
+        self._routes: dict[str, tuple[urls.Route, str]] = {}  # raw path -> (route, store key); see _route
         self._revalidating: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gates: tuple[Gate, ...] = ()
@@ -285,15 +293,34 @@ class Node:
             return hit.read()
 
     # --- fast path --------------------------------------------------------------
+    def _route(self, raw_path: str) -> tuple[urls.Route, str] | None:
+        """``raw_path`` parsed, with its canonical path (the store key), or None.
+
+        Memoised: a hot object's path is parsed once, not on every hit.
+        Paths outside the URL space or hostile ones are not remembered.
+        """
+        parsed = self._routes.get(raw_path)
+        if parsed is None:
+            try:
+                route = urls.parse(raw_path)
+            except urls.BadPath:
+                return None
+            if route is None:
+                return None
+            if len(self._routes) >= ROUTE_MEMO:
+                self._routes.clear()
+            parsed = self._routes[raw_path] = (route, route.path)
+        return parsed
+
     def lookup(self, target: str, headers: list[tuple[str, str]], now: float) -> FastHit | None:
         """cache.fastpath's lookup: a fresh stored object, or None (aiohttp decides)."""
-        try:
-            route = urls.parse(target.partition("?")[0])
-        except urls.BadPath:
+        parsed = self._route(target.partition("?")[0])
+        if parsed is None:
             return None
-        if route is None or route.kind not in self._fast_kinds:  # gated or rewritten kinds go through aiohttp
+        route, path = parsed
+        if route.kind not in self._fast_kinds:  # gated or rewritten kinds go through aiohttp
             return None
-        hit = self.store.lookup(route.path, now)
+        hit = self.store.lookup(path, now)
         if hit is None:
             return None
         entry = self._entry(hit.meta)
@@ -302,7 +329,7 @@ class Node:
             hit.close()
             return None
         self.metrics.result("HIT", hit.meta.status, hit.size)
-        self.prefetcher.requested(route.path)
+        self.prefetcher.requested(path)
         if route.kind is urls.Kind.SEGMENT:
             self.prefetcher.after(route)
         return FastHit(hit, entry.cached, int(verdict.age))

@@ -25,20 +25,16 @@ from legato import urls
 log = logging.getLogger("legato.prefetch")
 
 _SEGMENT_LINE = re.compile(rb"^seg-(\d+)\.m4s$", re.MULTILINE)
+RECENT_MAX = 4096
+"""Segments (and renditions) remembered as recently scheduled, per worker."""
+PLAYLIST_RETRY = 10.0
+"""Seconds before a rendition whose media playlist was not cached is looked up again."""
 
 
 def last_segment(playlist: bytes) -> int | None:
     """Highest segment number named in a media playlist body (pure)."""
     numbers = [int(m) for m in _SEGMENT_LINE.findall(playlist)]
     return max(numbers) if numbers else None
-
-
-def next_segments(route: urls.Route, k: int, last: int | None) -> list[str]:
-    """Paths of the k segments after ``route`` (pure), not past ``last``."""
-    assert route.kind is urls.Kind.SEGMENT and route.segment is not None
-    assert route.track is not None and route.rendition is not None
-    end = route.segment + k if last is None else min(route.segment + k, last)
-    return [urls.segment_path(route.track, route.rendition, n, route.scheme) for n in range(route.segment + 1, end + 1)]
 
 
 class Prefetcher:
@@ -59,9 +55,10 @@ class Prefetcher:
         self._ttl = ttl
         self._on_outcome = on_outcome or (lambda outcome, size: None)
         self._clock = clock
-        self._recent: OrderedDict[str, float] = OrderedDict()  # asked for prefetch recently
+        # (track, scheme, rendition), segment number -> when its prefetch was asked for
+        self._recent: OrderedDict[tuple[tuple[str | None, ...], int], float] = OrderedDict()
         self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()  # prefetched, unused: (when, bytes)
-        self._last: dict[str, int | None] = {}
+        self._last: dict[tuple[str | None, ...], tuple[int | None, float]] = {}  # rendition -> (last, retry at)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def requested(self, path: str) -> None:
@@ -71,30 +68,49 @@ class Prefetcher:
             self._on_outcome("used", entry[1])
 
     def after(self, route: urls.Route) -> None:
-        """Schedule prefetches following a client request for segment ``route``."""
+        """Schedule prefetches following a client request for segment ``route``.
+
+        Called on every segment hit, so the usual case (the next k were
+        scheduled recently) costs a few dict lookups: no path is built and
+        the store is not asked.
+        """
         if self.k <= 0 or route.kind is not urls.Kind.SEGMENT:
             return
+        assert route.segment is not None
         now = self._clock()
         self._expire(now)
-        for path in next_segments(route, self.k, self._last_segment(route)):
-            if path in self._recent:
+        rendition = (route.track, route.scheme, route.rendition)
+        last = self._last_segment(route, rendition, now)
+        end = route.segment + self.k if last is None else min(route.segment + self.k, last)
+        recent = self._recent
+        for n in range(route.segment + 1, end + 1):
+            if (rendition, n) in recent:
                 continue
-            self._recent[path] = now
-            if len(self._recent) > 4096:
-                self._recent.popitem(last=False)
+            recent[rendition, n] = now
+            if len(recent) > RECENT_MAX:
+                recent.popitem(last=False)
+            assert route.track is not None and route.rendition is not None
+            path = urls.segment_path(route.track, route.rendition, n, route.scheme)
             task = asyncio.get_running_loop().create_task(self._run(path), name=f"prefetch {path}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _last_segment(self, route: urls.Route) -> int | None:
+    def _last_segment(self, route: urls.Route, rendition: tuple[str | None, ...], now: float) -> int | None:
+        """The rendition's last segment from its cached media playlist, or None if not cached.
+
+        Remembered per rendition; an absent playlist (a DASH listener never
+        asks for it) is looked for again only after ``PLAYLIST_RETRY`` seconds.
+        """
+        known = self._last.get(rendition)
+        if known is not None and (known[0] is not None or now < known[1]):
+            return known[0]
         assert route.track is not None and route.rendition is not None
-        key = route.rendition_dir
-        if key not in self._last or self._last[key] is None:
-            body = self._playlist(urls.rendition_path(route.track, route.rendition, "index.m3u8", route.scheme))
-            self._last[key] = last_segment(body) if body is not None else None
-            if len(self._last) > 4096:
-                self._last.pop(next(iter(self._last)))
-        return self._last[key]
+        body = self._playlist(urls.rendition_path(route.track, route.rendition, "index.m3u8", route.scheme))
+        last = last_segment(body) if body is not None else None
+        self._last[rendition] = (last, now + PLAYLIST_RETRY)
+        if len(self._last) > RECENT_MAX:
+            self._last.pop(next(iter(self._last)))
+        return last
 
     async def _run(self, path: str) -> None:
         async with self._sem:

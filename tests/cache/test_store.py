@@ -26,7 +26,7 @@ import pytest
 from servers import child_process_args
 
 from cache.meta import ResponseHead
-from cache.policy import POLICIES
+from cache.policy import POLICIES, LRUPolicy
 from cache.store import Hit, Store, StoreError, store_metrics, sweep_locks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -476,6 +476,36 @@ def test_ram_tier_serves_hot_small_objects_and_follows_changes(stores: Callable[
 
 # --------------------------------------------------------------------------
 # restarts and processes
+
+
+def test_hits_reach_the_policy_at_most_once_per_hit_interval(stores: Callable[..., Store]) -> None:
+    """A hot key costs the manager one policy update per interval, not one per request."""
+    seen: list[tuple[str, float]] = []
+
+    class Recording(LRUPolicy):
+        def _touch(self, key: str, now: float) -> None:
+            seen.append((key, now))
+            super()._touch(key, now)
+
+    store = stores(policy=Recording, hit_interval=1.0)
+    now = 1_800_000_000.0
+    put(store, "/a", body_of("/a", 100), now)
+    put(store, "/b", body_of("/b", 100), now)
+    assert store.sync()
+    for t in (now + 0.1, now + 0.2, now + 0.9, now + 1.1, now + 1.5, now + 2.2):
+        read_hit(store.lookup("/a", t))
+    read_hit(store.lookup("/b", now + 0.3))
+    read_hit(store.lookup("/a", now - 5))  # a clock that went back reports at once
+    assert store.sync()
+    assert seen == [("/a", now + 0.1), ("/a", now + 1.1), ("/a", now + 2.2), ("/b", now + 0.3), ("/a", now - 5)]
+    assert store.policy is not None and store.policy.keys_by_priority() == ["/b", "/a"]
+
+    seen.clear()
+    every = stores(directory=store.directory.parent / "every", policy=Recording, hit_interval=0)
+    put(every, "/a", body_of("/a", 100), now)
+    for i in range(3):
+        read_hit(every.lookup("/a", now + i * 0.01))
+    assert every.sync() and len(seen) == 3
 
 
 def test_warm_restart_in_a_new_process_serves_old_objects_in_access_order(
