@@ -77,6 +77,8 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 PURGE_PATH = "/admin/purge"
 CACHEABLE = frozenset({urls.Kind.MASTER, urls.Kind.MPD, urls.Kind.TRACK_JSON, urls.Kind.MEDIA_PLAYLIST,
                        urls.Kind.INIT, urls.Kind.SEGMENT, urls.Kind.LICENSE})
+METRICS_FLUSH = 1.0
+"""Seconds between moves of the per-request counts into the Prometheus counters."""
 ROUTE_MEMO = 65536
 """Parsed request paths each worker remembers for the fast path."""
 FORWARDED = frozenset({urls.Kind.KEY, urls.Kind.CLEARKEY})
@@ -121,7 +123,12 @@ class Rewriter(Protocol):
 
 
 class NodeMetrics:
-    """The engine's own Prometheus metrics (requests, bytes, upstreams, prefetch)."""
+    """The engine's own Prometheus metrics (requests, bytes, upstreams, prefetch).
+
+    Requests and bytes by result are counted in plain integers on the request
+    path and moved into the counters every ``METRICS_FLUSH`` seconds and
+    before /metrics is rendered (another worker's counts may lag by that).
+    """
 
     def __init__(self, role: str, registry: Any) -> None:
         from prometheus_client import Counter, Gauge, Histogram
@@ -142,15 +149,22 @@ class NodeMetrics:
                                  registry=registry, multiprocess_mode="livemax")
         self.store_objects = Gauge("legato_store_objects", "Objects in the store", ("tier",),
                                    registry=registry, multiprocess_mode="livemax")
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labels() costs more than inc()
+        self._pending: dict[tuple[str, int], list[int]] = {}  # (result, status) -> [requests, bytes]
 
     def result(self, result: str, status: int, sent: int) -> None:
-        children = self._children.get((result, status))
-        if children is None:
-            children = self._children[result, status] = (
-                self.results.labels(self.role, result), self.sent.labels(self.role, result, str(status)))
-        children[0].inc()
-        children[1].inc(sent)
+        """Count one response: two integer additions; ``flush`` moves them into the counters."""
+        counts = self._pending.get((result, status))
+        if counts is None:
+            counts = self._pending[result, status] = [0, 0]
+        counts[0] += 1
+        counts[1] += sent
+
+    def flush(self) -> None:
+        """Move the pending counts into the Prometheus counters (every second, and before /metrics)."""
+        pending, self._pending = self._pending, {}
+        for (result, status), (requests, sent) in pending.items():
+            self.results.labels(self.role, result).inc(requests)
+            self.sent.labels(self.role, result, str(status)).inc(sent)
 
 
 class _Entry:
@@ -214,6 +228,7 @@ class Node:
         self._gates: dict[urls.Kind, tuple[Gate, ...]] = {}
         self._rewriters: dict[urls.Kind, tuple[Rewriter, ...]] = {}
         self._fast_kinds = CACHEABLE
+        self._flusher: asyncio.TimerHandle | None = None
 
     def install(self, gates: Sequence[Gate] = (), rewriters: Sequence[Rewriter] = ()) -> None:
         """Put the request hooks in place (replacing earlier ones; also on reload)."""
@@ -228,8 +243,16 @@ class Node:
 
     async def start(self) -> None:
         await self.upstream.start()
+        self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        self.metrics.flush()
+        self._flusher = asyncio.get_running_loop().call_later(METRICS_FLUSH, self._flush_metrics)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.metrics.flush()
         await self.prefetcher.close()
         for task in list(self._tasks):
             task.cancel()
@@ -720,6 +743,7 @@ class Node:
     def metrics_response(self, request: web.Request) -> web.Response:
         from prometheus_client import generate_latest
 
+        self.metrics.flush()
         stats = self.store.stats()
         self.metrics.store_bytes.labels(self.role).set(stats.bytes)
         self.metrics.store_objects.labels(self.role).set(stats.objects)

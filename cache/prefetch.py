@@ -60,6 +60,7 @@ class Prefetcher:
         self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()  # prefetched, unused: (when, bytes)
         self._last: dict[tuple[str | None, ...], tuple[int | None, float]] = {}  # rendition -> (last, retry at)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._next_expiry = float("-inf")  # expiry runs at most once a second
 
     def requested(self, path: str) -> None:
         """A client asked for ``path``: a prefetched object is now used."""
@@ -78,7 +79,9 @@ class Prefetcher:
             return
         assert route.segment is not None
         now = self._clock()
-        self._expire(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + 1.0
+            self._expire(now)
         rendition = (route.track, route.scheme, route.rendition)
         last = self._last_segment(route, rendition, now)
         end = route.segment + self.k if last is None else min(route.segment + self.k, last)
