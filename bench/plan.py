@@ -236,11 +236,17 @@ def hit_curve_from_simulate(path: Path, policy: str) -> HitCurve:
 
 
 def edge_gbps_from_serving(path: Path, cores: int, nic_gbps: float) -> tuple[float, str]:
-    """Per-edge Gbit/s from a serving benchmark results.json: median per-core rate x cores, capped by the NIC."""
+    """Per-edge Gbit/s from a serving benchmark results.json: median per-core rate x cores, capped by the NIC.
+
+    The rows of the real edge (variants ``edge``, ``edge-disk``) are used when
+    the file has them; the ``files`` reference variant leaves out the node's
+    own work per hit and would overstate an edge.
+    """
     doc = _read_json(path, "serving benchmark results")
     try:
-        rates = sorted(row["size"] * 8 / (row["legato_cpu_us"] * 1e-6) / 1e9 for row in doc["summary"]
-                       if row.get("legato_cpu_us"))
+        rows = [row for row in doc["summary"] if row.get("legato_cpu_us")]
+        edge_rows = [row for row in rows if "-edge" in str(row.get("legato", ""))]
+        rates = sorted(row["size"] * 8 / (row["legato_cpu_us"] * 1e-6) / 1e9 for row in edge_rows or rows)
     except (KeyError, TypeError) as exc:
         raise PlanError(f"{path}: not a serving benchmark results.json (no {exc})") from None
     if not rates:

@@ -225,6 +225,21 @@ def test_plan_numbers_for_the_design_example() -> None:
         pl.PlanInputs(users=1, streams=1, mean_kbps=1, tracks=1, zipf_s=0.9, regions={"eu": 0.5}, edge_gbps=1)
 
 
+def test_edge_throughput_comes_from_the_real_edge_rows_of_a_serving_benchmark(tmp_path: Path) -> None:
+    rows = [{"legato": "legato-sendfile-edge", "size": 240_000, "legato_cpu_us": 60.0},
+            {"legato": "legato-sendfile-files", "size": 240_000, "legato_cpu_us": 30.0}]
+    path = tmp_path / "serve_vs_nginx.json"
+    path.write_text(json.dumps({"summary": rows}))
+    gbps, source = pl.edge_gbps_from_serving(path, cores=1, nic_gbps=100)
+    assert gbps == pytest.approx(240_000 * 8 / 60e-6 / 1e9)  # 32 Gbit/s per core, not the files variant's 64
+    assert "per core x 1 cores" in source
+    path.write_text(json.dumps({"summary": rows[1:]}))  # an older file without edge rows: all rows
+    assert pl.edge_gbps_from_serving(path, cores=1, nic_gbps=10)[0] == 10  # capped by the NIC
+    path.write_text("{}")
+    with pytest.raises(pl.PlanError, match="not a serving benchmark"):
+        pl.edge_gbps_from_serving(path, cores=1, nic_gbps=10)
+
+
 # --- the command line --------------------------------------------------------------------
 
 
