@@ -105,18 +105,23 @@ class RequestHead:
 
 
 # RFC 9110 §5.6.2 token; §5.5 field-value characters (no CTLs but HTAB, no DEL)
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_TOKEN = rf"{_TCHAR}+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 # every prefix of a well-formed request-line matches this (and it is prefix-closed)
 _REQUEST_LINE_PREFIX = re.compile(rf"{_TOKEN}(?: [\x21-\x7e]*(?: [\x21-\x7e]*)?)?")
 _FIELD_SECTION = re.compile(rf"(?:{_TOKEN}:[\t\x20-\x7e\x80-\xff]*\r\n)*")  # final CRLF excluded
-_FIELD_LINE = re.compile(rf"({_TOKEN}):[ \t]*([^\r]*)\r\n")  # on validated sections only
 # The whole head at once, for the common case (HTTP/1.x, every line valid).
+# Possessive quantifiers (*+, ++) only spare the engine backtracking that
+# cannot succeed: each run stops at a character it cannot contain (a token at
+# ":" or SP, the target at SP, a value at CR, the field lines at the final
+# CRLF), so giving any of it back never lets the rest match.
 _HEAD = re.compile(
-    rf"({_TOKEN}) ([\x21-\x7e]+) HTTP/1\.([0-9])\r\n((?:{_TOKEN}:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+    rf"({_TCHAR}++) ([\x21-\x7e]++) HTTP/1\.([0-9])\r\n"
+    rf"((?:{_TCHAR}++:[\t\x20-\x7e\x80-\xff]*+\r\n)*+)\r\n"
 )
-# Field lines that matter to framing, found in a lower-cased, validated section.
-_FRAMING_FIELDS = re.compile(r"(?m)^(host|connection|content-length|transfer-encoding):[ \t]*([^\r]*)\r\n")
+# Field names (lower-cased) that matter to framing and persistence.
+_FRAMING_NAMES = frozenset(("host", "connection", "content-length", "transfer-encoding"))
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
@@ -177,26 +182,40 @@ def _chunked(values: list[str], version: str, has_length: bool) -> bool:
 
 
 def _framing(method: str, target: str, minor: str, section: str, count_limit: int, raw: bytes) -> RequestHead:
-    """Build the head from a validated header section; Host, framing, persistence."""
-    fields = _FIELD_LINE.findall(section)
-    if len(fields) > count_limit:
+    """Build the head from a validated header section; Host, framing, persistence.
+
+    The section is ``name ":" value CRLF`` lines already checked against the
+    grammar, so plain string methods take it apart: a line splits at its first
+    colon (a name is a token, which has none) and the value's surrounding OWS
+    is stripped (``str.strip``, linear; a regex excluding trailing OWS would
+    backtrack quadratically on long runs of it).  The framing fields are
+    picked out by their lower-cased names as the lines go by; their values
+    keep their case, the helpers above lower what is case-insensitive.
+    """
+    lines = section.split("\r\n")
+    lines.pop()  # the empty string after the last CRLF
+    if len(lines) > count_limit:
         raise H1Error(431, f"more than {count_limit} header fields")
-    # trailing OWS is stripped here: a lazy regex would backtrack quadratically
-    headers = [(name.lower(), value.rstrip(" \t")) for name, value in fields]
     version = "1.0" if minor == "0" else "1.1"
+    headers: list[tuple[str, str]] = []
     hosts = 0
     connection: list[str] = []
     lengths: list[str] = []
     codings: list[str] = []
-    for name, value in _FRAMING_FIELDS.findall(section.lower()):
-        if name == "host":
-            hosts += 1
-        elif name == "connection":
-            connection.append(value)
-        elif name == "content-length":
-            lengths.append(value.rstrip(" \t"))
-        else:
-            codings.append(value)
+    for line in lines:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        value = value.strip(" \t")
+        headers.append((name, value))
+        if name in _FRAMING_NAMES:
+            if name == "host":
+                hosts += 1
+            elif name == "connection":
+                connection.append(value)
+            elif name == "content-length":
+                lengths.append(value)
+            else:
+                codings.append(value)
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise H1Error(400, "an HTTP/1.1 request needs exactly one Host")
     length = _content_length(lengths) if lengths else None

@@ -552,6 +552,7 @@ CORPUS = [
     b"GET / HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX: \xff\x80\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: \xa0a\x85\r\nY:\x85 \t\r\nZ: \t\xa0\t \r\n\r\n",  # not OWS, though str.strip() would take it
     b"GET / HTTP/1.1\r\nHost: a\r\n: empty name\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n",
     b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
