@@ -354,7 +354,7 @@ class Node:
         self.metrics.result("HIT", hit.meta.status, hit.size)
         self.prefetcher.requested(path)
         if route.kind is urls.Kind.SEGMENT:
-            self.prefetcher.after(route)
+            self.prefetcher.after(route, path)
         return FastHit(hit, entry.cached, int(verdict.age))
 
     # --- aiohttp phases -------------------------------------------------------------
@@ -496,7 +496,7 @@ class Node:
             return await self._serve(request, route)
         finally:  # prefetch only once the client's own object is on its way (client misses first)
             if route.kind is urls.Kind.SEGMENT:
-                self.prefetcher.after(route)
+                self.prefetcher.after(route, key)
 
     async def _serve(self, request: web.Request, route: urls.Route) -> web.StreamResponse:
         now = self.clock()

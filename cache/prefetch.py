@@ -45,7 +45,8 @@ class Prefetcher:
                  misses_in_flight: Callable[[], int], busy: int = 64, ttl: float = 300.0,
                  on_outcome: Callable[[str, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.k = k
+        self._done: dict[str, float] = {}  # requested segment path -> when its successors were scheduled
+        self._k = k
         self._sem = asyncio.Semaphore(concurrency)
         self._fetch = fetch
         self._cached = cached
@@ -68,23 +69,41 @@ class Prefetcher:
         if entry is not None:
             self._on_outcome("used", entry[1])
 
-    def after(self, route: urls.Route) -> None:
-        """Schedule prefetches following a client request for segment ``route``.
+    @property
+    def k(self) -> int:
+        """Segments fetched after a requested one (0: off); settable (a reload)."""
+        return self._k
 
-        Called on every segment hit, so the usual case (the next k were
-        scheduled recently) costs a few dict lookups: no path is built and
-        the store is not asked.
+    @k.setter
+    def k(self, k: int) -> None:
+        self._k = k
+        self._done.clear()
+
+    def after(self, route: urls.Route, path: str | None = None) -> None:
+        """Schedule prefetches following a client request for segment ``route`` (at ``path``).
+
+        Called on every segment hit, so the usual case costs one dict lookup:
+        a ``path`` handled within ``ttl`` has nothing new to schedule.
+        Otherwise no path is built and the store is not asked for segments
+        scheduled recently.
         """
-        if self.k <= 0 or route.kind is not urls.Kind.SEGMENT:
+        if self._k <= 0 or route.kind is not urls.Kind.SEGMENT:
             return
         assert route.segment is not None
         now = self._clock()
         if now >= self._next_expiry:
             self._next_expiry = now + 1.0
             self._expire(now)
+        if path is not None:
+            handled = self._done.get(path)
+            if handled is not None and 0.0 <= now - handled < self._ttl:
+                return
+            if len(self._done) >= RECENT_MAX:
+                self._done.clear()
+            self._done[path] = now
         rendition = (route.track, route.scheme, route.rendition)
         last = self._last_segment(route, rendition, now)
-        end = route.segment + self.k if last is None else min(route.segment + self.k, last)
+        end = route.segment + self._k if last is None else min(route.segment + self._k, last)
         recent = self._recent
         for n in range(route.segment + 1, end + 1):
             if (rendition, n) in recent:

@@ -92,3 +92,18 @@ async def test_cached_segments_are_not_fetched() -> None:
     await settle(p)
     assert world.fetched == [urls.segment_path("t1", "aac-160", 3)]
     await p.close()
+
+
+async def test_a_handled_segment_costs_one_lookup_until_k_changes() -> None:
+    world = World(PLAYLIST)
+    p = world.prefetcher(k=1)
+    path = urls.segment_path("t1", "aac-160", 1)
+    for _ in range(100):
+        p.after(segment(1), path)
+    await settle(p)
+    assert world.fetched == [urls.segment_path("t1", "aac-160", 2)] and world.playlist_reads == 1
+    p.k = 2  # a reload: the next request schedules what the new k asks for
+    p.after(segment(1), path)
+    await settle(p)
+    assert world.fetched[1:] == [urls.segment_path("t1", "aac-160", 3)]
+    await p.close()
