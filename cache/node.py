@@ -170,10 +170,12 @@ class NodeMetrics:
 class _Entry:
     """What a worker derives once per stored object (keyed by its checksum and time)."""
 
-    __slots__ = ("cached", "facts", "meta")
+    __slots__ = ("cached", "facts", "fresh_in", "meta")
 
     def __init__(self, meta: Meta, facts: fr.CachedResponse, cached: Cached) -> None:
         self.meta, self.facts, self.cached = meta, facts, cached
+        # (second, age): an immutable object found fresh, with at least a second to live, in that second
+        self.fresh_in: tuple[int, int] | None = None
 
 
 class FastHit:
@@ -347,15 +349,25 @@ class Node:
         if hit is None:
             return None
         entry = self._entry(hit.meta)
-        verdict = fr.assess(entry.facts, now, headers)
-        if verdict.freshness is not fr.Freshness.FRESH:
-            hit.close()
-            return None
+        second = int(now)
+        fresh_in = entry.fresh_in
+        if fresh_in is not None and fresh_in[0] == second:
+            # Immutable: the request's own directives do not apply (fr.ClientDirectives.MUTABLE_ONLY), so
+            # the verdict depends on the time alone; it was FRESH with >= 1 s left within this second.
+            age = fresh_in[1]
+        else:
+            verdict = fr.assess(entry.facts, now, headers)
+            if verdict.freshness is not fr.Freshness.FRESH:
+                hit.close()
+                return None
+            age = int(verdict.age)
+            if entry.facts.immutable and verdict.ttl >= 1.0:
+                entry.fresh_in = (second, age)
         self.metrics.result("HIT", hit.meta.status, hit.size)
         self.prefetcher.requested(path)
         if route.kind is urls.Kind.SEGMENT:
             self.prefetcher.after(route, path)
-        return FastHit(hit, entry.cached, int(verdict.age))
+        return FastHit(hit, entry.cached, age)
 
     # --- aiohttp phases -------------------------------------------------------------
     def error(self, request: web.Request, status: int, reason: str, **extra: str) -> web.Response:

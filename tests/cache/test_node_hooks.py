@@ -131,3 +131,32 @@ async def test_hooked_kinds_leave_the_fast_path(node: Node) -> None:
     hit.close()
 
 
+
+
+@pytest.mark.parametrize("immutable", [True, False])
+async def test_fast_path_lookup_follows_the_clock_for_a_remembered_fresh_verdict(node: Node, immutable: bool) -> None:
+    """A hot immutable object's verdict is remembered within a second, never past its lifetime."""
+    from cache.meta import ResponseHead
+
+    path = urls.segment_path("t1", "aac-160", 1)
+    t0 = 1_800_000_000.0
+    cc = "public, max-age=2" + (", immutable" if immutable else "")
+    writer = node.store.begin(path, t0, content_length=4)
+    writer.write(b"abcd")
+    assert writer.commit(ResponseHead.build(200, (("Cache-Control", cc),), 4), t0) is not None
+
+    def age(now: float, headers: list[tuple[str, str]] | None = None) -> int | None:
+        hit = node.lookup(path, headers or [], now)
+        if hit is None:
+            return None
+        hit.close()
+        return hit.age
+
+    assert age(t0 + 0.1) == 0
+    assert age(t0 + 0.9) == 0
+    assert age(t0 + 1.2) == 1  # a new second: assessed again
+    assert age(t0 + 1.99) == 1
+    assert age(t0 + 2.0) is None  # stale from its lifetime on, whatever was remembered
+    assert age(t0 + 5.0) is None
+    # a client's no-cache applies to mutable objects only (RFC 8246), remembered verdict or not
+    assert (age(t0 + 1.5, [("cache-control", "no-cache")]) is None) is not immutable
