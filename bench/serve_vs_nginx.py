@@ -19,9 +19,8 @@ temporary directory on 127.0.0.1, one process each:
 
   - ``edge``: a real ``legato edge`` (one worker, uvloop, the default
     config: listen policy, RAM tier, prefetch, metrics) whose cache was
-    filled through it from an nginx "origin" before the first round; every
-    round starts a new edge process on that cache directory (a warm
-    restart), so each hit takes the whole node path: the fast path's head
+    filled through it from an nginx "origin" before the first round, so
+    each hit takes the whole node path: the fast path's head
     parsing, ``Node.lookup`` (route, ``Store.lookup``, freshness, metrics,
     prefetch bookkeeping), ``cache.respond`` and ``os.sendfile`` (or one
     ``sendmsg`` from the RAM tier);
@@ -31,16 +30,22 @@ temporary directory on 127.0.0.1, one process each:
     opens the file, as nginx does with its default ``open_file_cache off``:
     the serving path without the node's bookkeeping, for reference.
 
-Each is loaded with ``wrk`` (keep-alive, one thread: the other core runs the
-server) at 64 and 256 connections, after a warm-up, alternating nginx /
-each Legato variant / nginx / ... so drift in the machine's load hits both alike.
-Measured per run: requests/s and p99 latency (``wrk --latency``), the server's
-CPU time per request (utime + stime from ``/proc/PID/stat`` over the run,
+Every server is started once and runs for the whole benchmark, as it would
+in production, and is first put under ``--settle`` seconds of unmeasured
+load (a new Python process's first seconds under load measured well above
+its steady state here).  Each is then loaded with ``wrk`` (keep-alive, one
+thread: the other core runs the server) at 64 and 256 connections, each run
+after a short warm-up, alternating nginx / each Legato variant / nginx / ...
+so drift in the machine's load hits both alike.  Measured per run:
+requests/s and latency percentiles (``wrk --latency``), the server's CPU
+time per request (utime + stime from ``/proc/PID/stat`` over the run,
 divided by the requests wrk completed), wrk's own CPU (``wait4``) and the CPU
 time everything else on the machine used meanwhile (``/proc/stat``), so a
-noisy neighbour is visible in the results.  Medians over the rounds are
-compared; the ratios are Legato / nginx.  Targets (reported, not asserted):
-requests/s >= 0.8x, p99 <= 1.5x, CPU per request <= 2x.
+noisy neighbour is visible in the results.  This machine's speed drifts by
+tens of percent between runs seconds apart, so the ratios are *paired*: each
+Legato run is divided by the nginx run of the same round, and the median of
+those per-round ratios is reported with their range.  Targets (reported, not
+asserted): requests/s >= 0.8x, p99 <= 1.5x, CPU per request <= 2x.
 
     python bench/serve_vs_nginx.py                       # 2 sizes x 2 loads x 3 rounds of 10 s, edge and files
     python bench/serve_vs_nginx.py --duration 3 --rounds 1 --connections 64   # quick look
@@ -106,11 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object sizes in bytes (default: 120000,240000)")
     p.add_argument("--connections", type=lambda t: csv(int, t), default=[64, 256], metavar="N,...",
                    help="wrk connection counts (default: 64,256)")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds per measured run (default: 10)")
+    p.add_argument("--duration", type=float, default=8.0, metavar="S", help="seconds per measured run (default: 8)")
     p.add_argument("--warmup", type=float, default=2.0, metavar="S",
                    help="seconds of unmeasured load before each measured run (default: 2)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R",
-                   help="measured runs per server and configuration, alternating (default: 3)")
+    p.add_argument("--rounds", type=int, default=5, metavar="R",
+                   help="measured runs per server and configuration, alternating (default: 5)")
+    p.add_argument("--settle", type=float, default=30.0, metavar="S",
+                   help="seconds of unmeasured load on each server after it starts, before the first round "
+                        "(default: 30)")
     p.add_argument("--legato-modes", type=lambda t: csv(str, t), default=["sendfile"], metavar="MODE,...",
                    help="sendfile and/or no-sendfile (LEGATO_NO_SENDFILE=1) (default: sendfile)")
     p.add_argument("--lookup", type=lambda t: csv(str, t), default=["edge", "files"], metavar="KIND,...",
@@ -247,8 +255,7 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str,
                origin: str | None = None) -> Iterator[tuple[int, int]]:
     """A Legato process serving ``www`` (``files``) or an edge on ``workdir/edge-cache``; yields (port, pid).
 
-    The edge variants pull misses from ``origin`` and keep their cache
-    directory between rounds (each round is a warm restart).
+    The edge variants pull misses from ``origin`` into that directory.
     """
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -478,10 +485,14 @@ def summarise(runs: list[Run], variants: list[str]) -> list[dict[str, Any]]:
                 row[f"{label}_cpu_us"] = round(median([r.cpu_us_per_request for r in group]), 2)
                 row[f"{label}_total_cpu_us"] = round(median([(r.server_cpu_s + r.wrk_cpu_s) / r.requests * 1e6
                                                              for r in group if r.requests]), 2)
-            row["rps_ratio"] = round(row["legato_rps"] / row["nginx_rps"], 3)
-            row["p99_ratio"] = round(row["legato_p99_ms"] / row["nginx_p99_ms"], 3)
-            row["cpu_ratio"] = round(row["legato_cpu_us"] / row["nginx_cpu_us"], 3)
-            row["total_cpu_ratio"] = round(row["legato_total_cpu_us"] / row["nginx_total_cpu_us"], 3)
+            paired = {r.round: r for r in theirs}
+            pairs = [(r, paired[r.round]) for r in mine if r.round in paired]
+            for label, value in (("rps", lambda r: r.rps), ("p99", lambda r: r.latency_ms.get("p99", float("nan"))),
+                                 ("cpu", lambda r: r.cpu_us_per_request),
+                                 ("total_cpu", lambda r: (r.server_cpu_s + r.wrk_cpu_s) / max(1, r.requests))):
+                ratios = sorted(value(a) / value(b) for a, b in pairs if value(b))
+                row[f"{label}_ratio"] = round(median(ratios), 3)
+                row[f"{label}_ratio_range"] = (round(ratios[0], 3), round(ratios[-1], 3)) if ratios else None
             row["targets_met"] = (row["rps_ratio"] >= TARGETS["rps_ratio_min"]
                                   and row["p99_ratio"] <= TARGETS["p99_ratio_max"]
                                   and row["cpu_ratio"] <= TARGETS["cpu_ratio_max"])
@@ -507,6 +518,7 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
                  rows: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"sizes": args.sizes, "connections": args.connections, "duration_s": args.duration,
+                "settle_s": args.settle,
                 "warmup_s": args.warmup, "rounds": args.rounds, "legato_modes": args.legato_modes,
                 "loop": args.loop, "lookup": args.lookup, "wrk_threads": args.wrk_threads,
                 "nginx_tcp_nopush": args.nginx_tcp_nopush}
@@ -517,7 +529,9 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
         "# Cache hits: Legato fast path vs nginx",
         "",
         "Generated by `bench/serve_vs_nginx.py` (see its docstring for the method). Ratios are Legato / nginx,",
-        f"medians of {args.rounds} alternating runs of {args.duration:g} s each (after {args.warmup:g} s warm-up),",
+        (f"medians of the per-round ratios (range in brackets) of {args.rounds} alternating runs of "
+         f"{args.duration:g} s each (after {args.warmup:g} s warm-up; every server settled first with "
+         f"{args.settle:g} s of load),"),
         (f"wrk with {args.wrk_threads} thread(s), keep-alive, one URL per run; Legato on {args.loop}: a real "
          f"`legato edge` with the default config serving hits from its cache (edge), the same without its RAM "
          f"tier (edge-disk), or the fast path alone straight from the files (files). Targets: requests/s ≥ "
@@ -530,7 +544,7 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
     for r in rows:
         lines.append(
             f"| {r['legato'].removeprefix('legato-')} | {r['size'] // 1000} kB | {r['connections']} "
-            f"| **{r['rps_ratio']:.2f}** | **{r['p99_ratio']:.2f}** | **{r['cpu_ratio']:.2f}** "
+            f"| {_ratio(r, 'rps')} | {_ratio(r, 'p99')} | {_ratio(r, 'cpu')} "
             f"| {r['nginx_rps']:.0f} | {r['legato_rps']:.0f} | {r['nginx_p99_ms']:.2f} | {r['legato_p99_ms']:.2f} "
             f"| {r['nginx_cpu_us']:.1f} | {r['legato_cpu_us']:.1f} | {r['total_cpu_ratio']:.2f} "
             f"| {'met' if r['targets_met'] else 'missed'} |"
@@ -582,27 +596,35 @@ def main(argv: list[str] | None = None) -> int:
             (www / path[1:]).parent.mkdir(parents=True)
             (www / path[1:]).write_bytes(data)
             objects[size] = data
-        (work / "nginx").mkdir()
         origin = None
         if any(kind.startswith("edge") for kind in args.lookup):  # where the edge fills its cache from
             (work / "origin").mkdir()
             origin_port, _ = stack.enter_context(run_nginx(www, work / "origin", args.nginx_tcp_nopush))
             origin = f"http://127.0.0.1:{origin_port}"
+        # Every server runs for the whole benchmark, as it would in production: a new process's
+        # first seconds under load are not its steady state (see --settle).
+        (work / "nginx").mkdir(exist_ok=True)
+        servers = {"nginx": stack.enter_context(run_nginx(www, work / "nginx", args.nginx_tcp_nopush))}
+        for mode, kind in variants:
+            servers[f"legato-{mode}-{kind}"] = stack.enter_context(run_legato(www, work, mode, args.loop, kind, origin))
+        for port, _pid in servers.values():
+            for size in args.sizes:
+                check_object(port, object_path(size), objects[size])  # an edge fills its cache here
+        if args.settle > 0:
+            for name, (port, _pid) in servers.items():
+                print(f"  settling {name} ({args.settle:g} s of load)", flush=True)
+                for size in args.sizes:
+                    wrk(f"http://127.0.0.1:{port}{object_path(size)}", max(args.connections),
+                        args.settle / len(args.sizes), args.wrk_threads)
         for conns in args.connections:
             for size in args.sizes:
                 path = object_path(size)
                 for rnd in range(args.rounds):
-                    with run_nginx(www, work / "nginx", args.nginx_tcp_nopush) as (port, pid):
-                        check_object(port, path, objects[size])
-                        runs.append(measure("nginx", port, pid, path, size, conns, rnd, args))
+                    for name, (port, pid) in servers.items():
+                        runs.append(measure(name, port, pid, path, size, conns, rnd, args))
+                        if "-edge" in name:
+                            check_hit(port, path)
                         print(_line(runs[-1]), flush=True)
-                    for mode, kind in variants:
-                        with run_legato(www, work, mode, args.loop, kind, origin) as (port, pid):
-                            check_object(port, path, objects[size])
-                            runs.append(measure(f"legato-{mode}-{kind}", port, pid, path, size, conns, rnd, args))
-                            if kind != "files":
-                                check_hit(port, path)
-                            print(_line(runs[-1]), flush=True)
     rows = summarise(runs, [f"legato-{mode}-{kind}" for mode, kind in variants])
     write_report(args.out, facts, args, runs, rows)
     for r in rows:
@@ -610,6 +632,13 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {r['p99_ratio']:.2f}x, CPU/req {r['cpu_ratio']:.2f}x ({'met' if r['targets_met'] else 'missed'})")
     print(f"results: {args.out / 'serve_vs_nginx.md'}")
     return 0
+
+
+def _ratio(row: dict[str, Any], label: str) -> str:
+    """A median paired ratio in bold, with its range."""
+    low_high = row.get(f"{label}_ratio_range")
+    spread = f" ({low_high[0]:.2f}–{low_high[1]:.2f})" if low_high else ""
+    return f"**{row[f'{label}_ratio']:.2f}**{spread}"
 
 
 def _line(r: Run) -> str:
