@@ -39,10 +39,11 @@ any worker is seen at once.  The tier is for small objects only
 (``RAM_OBJECT_MAX``, 64 KiB: playlists, manifests, init segments, low-rate
 segments): a RAM body goes out with ``sendmsg``, which copies every byte
 into the socket, while ``os.sendfile`` hands over page-cache pages.  Above a
-few tens of kB the copy costs more than the file: a 240 kB segment served
-from RAM took ~65 µs of CPU per hit against ~51 µs by ``sendfile``, and half
-the requests per second (``bench/serve_vs_nginx.py``, variants ``edge`` and
-``edge-disk``).  The kernel's page cache is the RAM tier of large objects.
+few tens of kB the copy costs more than the file: in one run of
+``bench/serve_vs_nginx.py`` (variants ``edge`` and ``edge-disk``, when the
+tier still took objects up to 1 MiB), a 240 kB segment served from RAM took
+~65 µs of CPU per hit against ~51 µs by ``sendfile``, at half the requests
+per second.  The kernel's page cache is the RAM tier of large objects.
 
 **Eviction: one policy for all workers, run by an elected manager.**
 diskcache's own eviction is off (``eviction_policy='none'``); a
