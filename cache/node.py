@@ -181,18 +181,11 @@ class _Entry:
 class FastHit:
     """A fresh stored object for the fast path (cache.fastpath.Hit)."""
 
-    __slots__ = ("_hit", "age", "cached")
+    __slots__ = ("_hit", "age", "body", "cached", "size")
 
     def __init__(self, hit: Hit, cached: Cached, age: int) -> None:
         self._hit, self.cached, self.age = hit, cached, age
-
-    @property
-    def size(self) -> int:
-        return self._hit.size
-
-    @property
-    def body(self) -> bytes | None:
-        return self._hit.body
+        self.size, self.body = hit.meta.size, hit.body  # read by the fast path on every hit: plain slots
 
     def fileno(self) -> int:
         return self._hit.fileno()
@@ -222,7 +215,7 @@ class Node:
                                      cached=self._is_cached, playlist=self._stored_body,
                                      misses_in_flight=self.coalescer.in_flight, on_outcome=self._prefetch_outcome)
         self._entries: OrderedDict[tuple[str, str, float], _Entry] = OrderedDict()
-        self._routes: dict[str, tuple[urls.Route, str]] = {}  # raw path -> (route, store key); see _route
+        self._routes: dict[str, tuple[urls.Route, str, bool]] = {}  # raw path -> see _route
         self._revalidating: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gates: tuple[Gate, ...] = ()
@@ -238,6 +231,7 @@ class Node:
         self._gates = {k: tuple(g for g in self.gates if k in g.kinds) for k in urls.Kind}
         self._rewriters = {k: tuple(r for r in self.rewriters if k in r.kinds) for k in urls.Kind}
         self._fast_kinds = frozenset(k for k in CACHEABLE if not self._gates[k] and not self._rewriters[k])
+        self._routes.clear()
 
     def _make_upstream(self, config: NodeConfig) -> Upstream:
         return Upstream(config.upstream, node=config.name,
@@ -318,10 +312,11 @@ class Node:
             return hit.read()
 
     # --- fast path --------------------------------------------------------------
-    def _route(self, raw_path: str) -> tuple[urls.Route, str] | None:
-        """``raw_path`` parsed, with its canonical path (the store key), or None.
+    def _route(self, raw_path: str) -> tuple[urls.Route, str, bool] | None:
+        """``raw_path`` parsed: (route, canonical path = store key, fast-path kind?), or None.
 
-        Memoised: a hot object's path is parsed once, not on every hit.
+        Memoised: a hot object's path is parsed once, not on every hit
+        (``install`` forgets the memo: it changes which kinds are fast).
         Paths outside the URL space or hostile ones are not remembered.
         """
         parsed = self._routes.get(raw_path)
@@ -334,7 +329,7 @@ class Node:
                 return None
             if len(self._routes) >= ROUTE_MEMO:
                 self._routes.clear()
-            parsed = self._routes[raw_path] = (route, route.path)
+            parsed = self._routes[raw_path] = (route, route.path, route.kind in self._fast_kinds)
         return parsed
 
     def lookup(self, target: str, headers: list[tuple[str, str]], now: float) -> FastHit | None:
@@ -342,8 +337,8 @@ class Node:
         parsed = self._route(target.partition("?")[0])
         if parsed is None:
             return None
-        route, path = parsed
-        if route.kind not in self._fast_kinds:  # gated or rewritten kinds go through aiohttp
+        route, path, fast = parsed
+        if not fast:  # gated or rewritten kinds go through aiohttp
             return None
         hit = self.store.lookup(path, now)
         if hit is None:
