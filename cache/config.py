@@ -42,10 +42,14 @@ class CacheSettings:
     max_waiters: int = setting(10_000, "requests that may wait on one in-flight fetch before 503s")
     stale_if_error: int = setting(86_400, "seconds a stale object may be served when upstream fails "
                                   "(when the response does not say; RFC 5861)")
+    hit_interval: float = setting(1.0, "seconds within which further hits on one object are not reported to the "
+                                  "eviction policy, per worker (Varnish's lru_interval; 0: every hit)")
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.ram < 0:
             raise ValueError("cache sizes must be positive")
+        if self.hit_interval < 0:
+            raise ValueError("hit_interval must be >= 0 seconds")
 
 
 @dataclass(frozen=True)

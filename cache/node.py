@@ -207,7 +207,7 @@ class Node:
         self.registry = registry or self.requests.registry
         self.metrics = NodeMetrics(role, self.registry)
         self.store = Store(config.cache.dir, config.cache.size, policy=config.cache.policy,
-                           ram_bytes=config.cache.ram)
+                           ram_bytes=config.cache.ram, hit_interval=config.cache.hit_interval)
         self.coalescer = Coalescer(self.store, max_followers=config.cache.max_waiters, cacheable=self._cacheable,
                                    clock=clock)
         self.upstream = self._make_upstream(config)

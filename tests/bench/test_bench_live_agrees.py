@@ -8,7 +8,10 @@ eviction it caused has been applied: the edge's eviction policy runs in its
 store manager (cache/store.py), which gets the insert event after the
 commit and deletes its victims from the index a few milliseconds later.
 The index is read directly (SQLite, read-only) so the wait itself makes no
-request the policy would count.
+request the policy would count.  The edge runs with ``hit_interval = 0``:
+by default a worker reports a key's hits to the policy at most once a
+second (cache/store.py), and this replay is far faster than the trace's
+clock, one request a second, on which the simulator reports every hit.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def test_simulated_edge_and_live_edge_agree(packaged_track: tuple[Path, str], tm
         config.write_text(
             f'name = "edge-live"\nlisten = "127.0.0.1:0"\naccess_log = false\n'
             f'[upstream]\npeers = ["{origin.url}"]\n'
-            f'[cache]\ndir = "{cache_dir}"\nsize = {capacity}\npolicy = "lru"\n'
+            f'[cache]\ndir = "{cache_dir}"\nsize = {capacity}\npolicy = "lru"\nhit_interval = 0\n'
             f"[prefetch]\nsegments = 0\n")
         with node_process("edge", "--config", str(config)) as edge:
             for path, _ in sequence:
