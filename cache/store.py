@@ -67,7 +67,7 @@ another worker takes over within half a second, rebuilding the policy from
 the index in last-access order (the manager writes access times back to the
 index every few seconds and on close).  Hits are thinned before they are
 queued: a worker reports a hit on a key at most once per ``hit_interval``
-(1 s), as Varnish moves an object in its LRU at most once per
+(``[cache] hit_interval``, 1 s by default), as Varnish moves an object in its LRU at most once per
 ``lru_interval`` (2 s).  A segment served 10,000 times a second would
 otherwise cost the manager 10,000 policy updates a second, all holding the
 GIL that the event loop needs; thinned, it costs one per worker.  A policy
