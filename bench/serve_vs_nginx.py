@@ -126,14 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "its RAM tier (edge-disk), or the fast path alone straight from the files (files) "
                         "(default: edge,files)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                   help="Legato worker's event loop (default: uvloop, as legato.server)")
+                   help="event loop of the files variant (default: uvloop, as legato.server; an edge always runs "
+                        "legato.server's)")
     p.add_argument("--nginx-tcp-nopush", choices=("on", "off"), default="on",
                    help="nginx's tcp_nopush (default: on, as Debian's nginx.conf; Legato sends heads with MSG_MORE)")
     p.add_argument("--wrk-threads", type=int, default=1, metavar="T", help="wrk threads (default: 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help=f"where serve_vs_nginx.json and .md go (default: {DEFAULT_OUT})")
     p.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing nginx-light / wrk")
-    p.add_argument("--worker", nargs=3, metavar=("DIR", "PORT", "LOOKUP"), help=argparse.SUPPRESS)  # internal
+    p.add_argument("--worker", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)  # internal
     return p
 
 
@@ -265,7 +266,7 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str,
     if loop == "asyncio":
         env["LEGATO_BENCH_LOOP"] = "asyncio"
     if lookup == "files":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port), lookup]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(www), str(port)]
     else:
         assert origin is not None
         cmd = [sys.executable, "-c", "import sys; from legato.cli import main; sys.exit(main())", "edge",
@@ -282,15 +283,15 @@ def run_legato(www: Path, workdir: Path, mode: str, loop: str, lookup: str,
         stop(proc)
 
 
-def worker_main(www: Path, port: int, lookup: str) -> None:
-    """The Legato side: serve() until SIGTERM."""
+def worker_main(www: Path, port: int) -> None:
+    """The ``files`` variant: serve() with a lookup that opens the file, until SIGTERM."""
     from legato.server import new_event_loop
 
     if os.environ.get("LEGATO_BENCH_LOOP") == "asyncio":
-        asyncio.run(_worker(www, port, lookup))
+        asyncio.run(_worker(www, port))
     else:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_worker(www, port, lookup))
+            runner.run(_worker(www, port))
 
 
 class FileHit:
@@ -336,7 +337,7 @@ def file_lookup(www: Path) -> Any:
     return lookup
 
 
-async def _worker(www: Path, port: int, kind: str) -> None:
+async def _worker(www: Path, port: int) -> None:
     from aiohttp import web
 
     from cache.fastpath import serve
@@ -576,13 +577,15 @@ def write_report(out: Path, facts: dict[str, Any], args: argparse.Namespace, run
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
-        worker_main(Path(args.worker[0]), int(args.worker[1]), args.worker[2])
+        worker_main(Path(args.worker[0]), int(args.worker[1]))
         return 0
     bad = [m for m in args.legato_modes if m not in ("sendfile", "no-sendfile")]
     bad += [k for k in args.lookup if k not in LOOKUPS]
     variants = [(mode, kind) for kind in args.lookup for mode in args.legato_modes]
     if bad or args.rounds < 1 or args.duration <= 0:
         sys.exit(f"serve_vs_nginx: bad settings: {bad}, rounds {args.rounds}, duration {args.duration}")
+    if args.loop == "asyncio" and any(kind != "files" for kind in args.lookup):
+        sys.exit("serve_vs_nginx: --loop asyncio applies to the files variant only (legato edge runs uvloop)")
     ensure_tools(install=not args.no_install)
     facts = machine_facts()
     runs: list[Run] = []

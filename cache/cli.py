@@ -66,8 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], 
     p.add_argument("--cache-size", type=parse_size, metavar="BYTES", default=None,
                    help=f"disk tier size, e.g. 20G (default from config: {d.cache.size})")
     p.add_argument("--cache-ram", type=parse_size, metavar="BYTES", default=None,
-                   help=f"RAM tier per worker for the hottest small objects (up to 64 KiB each), 0 to turn off (default from config: "
-                   f"{d.cache.ram})")
+                   help="RAM tier per worker for the hottest small objects (up to 64 KiB each), 0 to turn off "
+                   f"(default from config: {d.cache.ram})")
     p.add_argument("--policy", default=None, help="eviction policy by name: lru, lfu, sieve, s3fifo, listen (default from config; without one: "
                    f"{'listen' if role == 'edge' else 's3fifo'})")
     p.add_argument("--workers", type=int, metavar="N", default=None,

@@ -89,7 +89,7 @@ class Prefetcher:
         """
         if self._k <= 0 or route.kind is not urls.Kind.SEGMENT:
             return
-        assert route.segment is not None
+        assert route.segment is not None and route.track is not None and route.rendition is not None
         now = self._clock()
         if now >= self._next_expiry:
             self._next_expiry = now + 1.0
@@ -111,7 +111,6 @@ class Prefetcher:
             recent[rendition, n] = now
             if len(recent) > RECENT_MAX:
                 recent.popitem(last=False)
-            assert route.track is not None and route.rendition is not None
             path = urls.segment_path(route.track, route.rendition, n, route.scheme)
             task = asyncio.get_running_loop().create_task(self._run(path), name=f"prefetch {path}")
             self._tasks.add(task)

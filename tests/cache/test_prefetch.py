@@ -44,7 +44,8 @@ def segment(n: int) -> urls.Route:
     return route
 
 
-async def settle(p: Prefetcher) -> None:
+async def settle() -> None:
+    """Let the scheduled prefetch tasks run."""
     for _ in range(5):
         await asyncio.sleep(0)
 
@@ -61,7 +62,7 @@ async def test_fetches_the_next_k_once_and_stops_at_the_end() -> None:
     p.after(segment(1))  # every hit of the same segment: nothing new to schedule
     p.after(segment(2))
     p.after(segment(3))
-    await settle(p)
+    await settle()
     assert world.fetched == [urls.segment_path("t1", "aac-160", n) for n in (2, 3, 4)]  # never past seg 4
     assert world.playlist_reads == 1  # a known last segment is remembered
     p.requested(urls.segment_path("t1", "aac-160", 2))
@@ -79,7 +80,7 @@ async def test_an_absent_playlist_is_looked_for_again_only_after_a_while() -> No
     world.playlist = PLAYLIST
     p.after(segment(3))
     assert world.playlist_reads == 2
-    await settle(p)
+    await settle()
     assert len(world.fetched) == 49  # without an end known, each next segment was tried once
     await p.close()
 
@@ -89,7 +90,7 @@ async def test_cached_segments_are_not_fetched() -> None:
     world.cached.add(urls.segment_path("t1", "aac-160", 2))
     p = world.prefetcher(k=2)
     p.after(segment(1))
-    await settle(p)
+    await settle()
     assert world.fetched == [urls.segment_path("t1", "aac-160", 3)]
     await p.close()
 
@@ -100,10 +101,10 @@ async def test_a_handled_segment_costs_one_lookup_until_k_changes() -> None:
     path = urls.segment_path("t1", "aac-160", 1)
     for _ in range(100):
         p.after(segment(1), path)
-    await settle(p)
+    await settle()
     assert world.fetched == [urls.segment_path("t1", "aac-160", 2)] and world.playlist_reads == 1
     p.k = 2  # a reload: the next request schedules what the new k asks for
     p.after(segment(1), path)
-    await settle(p)
+    await settle()
     assert world.fetched[1:] == [urls.segment_path("t1", "aac-160", 3)]
     await p.close()
