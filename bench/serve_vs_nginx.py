@@ -295,9 +295,10 @@ def worker_main(www: Path, port: int) -> None:
 
 
 class FileHit:
-    """A hit on a file: opened per request, closed by the fast path."""
+    """A hit on a file: opened per request, closed by the fast path (never renewed)."""
 
     __slots__ = ("_fd", "age", "body", "cached", "size")
+    renewable = False
 
     def __init__(self, path: str, cached: Any) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -305,6 +306,9 @@ class FileHit:
         self.age = 0
         self.size = cached.size
         self.body = None
+
+    def renew(self, now: float) -> bool:
+        return False
 
     def fileno(self) -> int:
         return self._fd

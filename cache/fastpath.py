@@ -37,6 +37,16 @@ Sending (``LEGATO_NO_SENDFILE`` unset, the default):
   ``transport.write``, with the transport's own flow control
   (``pause_writing``/``resume_writing``).
 
+Hot replies: a hit the lookup marks ``renewable`` (its verdict holds for
+the rest of the second whatever the request says), found for a *plain*
+request (no field ``cache.respond`` reads but Origin: no conditional, no
+Range), is kept with its shaped reply and serialised head until the second
+ends.  The same request again in that second (same target, method,
+persistence, HTTP version and Origin) is answered from it once the hit's
+``renew`` vouches for it, without ``lookup`` or ``respond``.  A kept hit
+closes when its reply is dropped (a later second, a failed ``renew``, the
+once-a-second sweep, shutdown) and no send still uses it.
+
 Connection handling: keep-alive per RFC 9112 §9.3 (decided by ``cache.h1``),
 pipelining (requests are answered strictly in order, one at a time; reading
 pauses if a client pipelines more than ``PIPELINE_BUFFER`` bytes ahead), a
@@ -74,7 +84,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cache.h1 import DEFAULT_LIMITS, H1Error, HeadReader, Limits, RequestHead
-from cache.respond import Cached, Reply, respond
+from cache.respond import REQUEST_FIELDS, Cached, Reply, respond
 from legato import http as h
 from legato.logs import AccessRecord, Observer
 
@@ -97,6 +107,9 @@ READ_CHUNK = 256 * 1024
 
 HEAD_CACHE = 1024
 """Serialised 200 heads kept (one per hot object and second; see ``_head``)."""
+
+HOT_REPLIES = 256
+"""Hot replies kept (each holds its hit, so an open file, for at most a second; see ``_HotReply``)."""
 
 SWEEP_INTERVAL = 1.0
 """Seconds between metric flushes; idle checks run every few sweeps."""
@@ -124,6 +137,20 @@ class Hit(Protocol):
 
     @property
     def body(self) -> bytes | None: ...
+
+    @property
+    def renewable(self) -> bool: ...
+
+    def renew(self, now: float) -> bool:
+        """Whether this hit may be sent again, as it is, at ``now`` (within the second it was found in).
+
+        True counts as a new hit of the object.  The fast path keeps
+        ``renewable`` hits of plain requests open for the rest of their
+        second and asks ``renew`` instead of ``lookup`` for the same request
+        again (see ``FastPathProtocol._serve``).  A hit that is not
+        ``renewable`` is never asked.
+        """
+        ...
 
     def fileno(self) -> int: ...
 
@@ -271,7 +298,55 @@ class _Context:
     clock: Callable[[], float]
     conns: set[FastPathProtocol] = field(default_factory=set)
     heads: dict[tuple[int, bool, str], tuple[Reply, bytes]] = field(default_factory=dict)
+    hot: dict[tuple[str, str, bool, str, str | None], _HotReply] = field(default_factory=dict)
     sample_count: int = 0
+
+    def drop_hot(self, second: int | None = None) -> None:
+        """Forget the hot replies of seconds before ``second`` (all of them by default)."""
+        for key, hot in list(self.hot.items()):
+            if second is None or hot.second < second:
+                del self.hot[key]
+                hot.drop()
+
+
+class _HotReply:
+    """A renewable hit with its shaped reply, sent again for the same plain request within its second.
+
+    The key is everything the reply depends on besides the object and the
+    second: target, method, persistence, HTTP version and Origin.  Only
+    requests with no other field ``respond`` reads qualify (no conditional,
+    no Range), so the reply is ``respond``'s own plain 200.  Each send is a
+    *use* of it (it stands in for the hit while the response goes out); the
+    hit closes once the reply is dropped and no send uses it.
+    """
+
+    __slots__ = ("body", "dropped", "head", "hit", "reply", "second", "users")
+
+    def __init__(self, hit: Hit, reply: Reply, head: bytes, second: int) -> None:
+        self.hit, self.reply, self.head, self.second = hit, reply, head, second
+        self.body = hit.body
+        self.users = 0
+        self.dropped = False
+
+    def use(self) -> _HotReply:
+        self.users += 1
+        return self
+
+    def fileno(self) -> int:
+        return self.hit.fileno()
+
+    def close(self) -> None:
+        """One send is done with it."""
+        self.users -= 1
+        if self.dropped and not self.users:
+            self.hit.close()
+
+    def drop(self) -> None:
+        """No more sends: close the hit now, or when the last send in progress is done."""
+        if not self.dropped:
+            self.dropped = True
+            if not self.users:
+                self.hit.close()
 
 
 # --------------------------------------------------------------------------
@@ -298,7 +373,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._sock: socket.socket | None = None  # dup of the transport's socket, made lazily
         self._writing = False  # add_writer registered on the dup
         self._state = _IDLE
-        self._hit: Hit | None = None
+        self._hit: Hit | _HotReply | None = None
         self._chunks: list[bytes | memoryview] = []
         self._file_fd = -1
         self._offset = 0
@@ -382,13 +457,30 @@ class FastPathProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _serve(self, head: RequestHead) -> bool:
-        """Answer one request; False when the loop must stop (sending, handed off, closed)."""
+        """Answer one request; False when the loop must stop (sending, handed off, closed).
+
+        A plain request (no field ``respond`` reads but Origin) asked again
+        within the second of a renewable hit gets that hit's reply again,
+        after ``renew`` vouches for it: a hot object costs one ``lookup`` per
+        second and key, not one per request (see ``_HotReply``).
+        """
         ctx = self._ctx
         if head.method not in ("GET", "HEAD"):
             return self._hand_off(head, "method")
         if head.has_body:
             return self._hand_off(head, "body")
         now = ctx.clock()
+        fields = h.fold_headers(head.headers, REQUEST_FIELDS)
+        origin = fields.get("origin")
+        hot_key = None
+        if len(fields) == (origin is not None):
+            hot_key = (head.target, head.method, head.keep_alive, head.http_version, origin)
+            hot = ctx.hot.get(hot_key)
+            if hot is not None:
+                if hot.second == int(now) and hot.hit.renew(now):
+                    return self._send(head, hot.use(), hot.reply, hot.head)
+                del ctx.hot[hot_key]
+                hot.drop()
         try:
             hit = ctx.lookup(head.target, head.headers, now)
         except Exception:
@@ -403,7 +495,14 @@ class FastPathProtocol(asyncio.Protocol):
             log.exception("cannot shape a hit for %.200s; handing off", head.target)
             hit.close()
             return self._hand_off(head, "error")
-        if ctx.access_sample:
+        if hot_key is not None and reply.status == 200 and hit.renewable and len(ctx.hot) < HOT_REPLIES:
+            hot = ctx.hot[hot_key] = _HotReply(hit, reply, head_data, int(now))
+            hit = hot.use()
+        return self._send(head, hit, reply, head_data)
+
+    def _send(self, head: RequestHead, hit: Hit | _HotReply, reply: Reply, head_data: bytes) -> bool:
+        """Start sending a shaped reply; False when the loop must stop (see ``_serve``)."""
+        if self._ctx.access_sample:
             self._maybe_sample(head, reply.status)
         self._keep_alive = head.keep_alive
         self._status = reply.status
@@ -428,7 +527,7 @@ class FastPathProtocol(asyncio.Protocol):
         heads[key] = (reply, data)
         return data
 
-    def _start(self, hit: Hit, reply: Reply, head_data: bytes) -> None:
+    def _start(self, hit: Hit | _HotReply, reply: Reply, head_data: bytes) -> None:
         """Queue one response: head, then inline bytes, RAM bytes or a file segment."""
         self._hit = hit
         self._state = _SENDING
@@ -694,12 +793,23 @@ class FastPathServer:
         return getattr(self.server, "sockets", ())
 
     @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The allowed origins replies are shaped with; settable (a reload), which forgets the hot replies."""
+        return self._ctx.cors_origins
+
+    @cors_origins.setter
+    def cors_origins(self, origins: Iterable[str]) -> None:
+        self._ctx.cors_origins = tuple(origins)
+        self._ctx.drop_hot()
+
+    @property
     def connections(self) -> int:
         """Connections currently held by the fast path (not yet handed off)."""
         return len(self._ctx.conns)
 
     def _sweep(self) -> None:
         self._ctx.metrics.flush()
+        self._ctx.drop_hot(int(self._ctx.clock()))
         self._sweeps += 1
         if self._sweeps % 5 == 0:
             now = time.monotonic()
@@ -727,6 +837,7 @@ class FastPathServer:
             await asyncio.sleep(0.02)
         for conn in list(self._ctx.conns):
             conn._abort(TimeoutError("shutdown"))
+        self._ctx.drop_hot()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

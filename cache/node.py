@@ -179,13 +179,31 @@ class _Entry:
 
 
 class FastHit:
-    """A fresh stored object for the fast path (cache.fastpath.Hit)."""
+    """A fresh stored object for the fast path (cache.fastpath.Hit).
 
-    __slots__ = ("_hit", "age", "body", "cached", "size")
+    ``renewable`` when the verdict holds for the rest of this second whatever
+    the request says (immutable, fresh for at least another second: see
+    ``Node.lookup``) and the store can vouch for the open file again.
+    """
 
-    def __init__(self, hit: Hit, cached: Cached, age: int) -> None:
+    __slots__ = ("_epoch", "_hit", "_node", "_second", "age", "body", "cached", "renewable", "size")
+
+    def __init__(self, hit: Hit, cached: Cached, age: int, node: Node, second: int | None) -> None:
         self._hit, self.cached, self.age = hit, cached, age
         self.size, self.body = hit.meta.size, hit.body  # read by the fast path on every hit: plain slots
+        self._node, self._epoch = node, node._epoch
+        self.renewable = second is not None and hit.renewable
+        self._second = second
+
+    def renew(self, now: float) -> bool:
+        """True if this hit may be sent again at ``now``: counted as a hit, as ``Node.lookup`` would."""
+        node = self._node
+        if not self.renewable or int(now) != self._second or node._epoch != self._epoch:
+            return False
+        if not node.store.renew(self._hit, now):
+            return False
+        node.metrics.result("HIT", self._hit.meta.status, self.size)
+        return True
 
     def fileno(self) -> int:
         return self._hit.fileno()
@@ -223,6 +241,7 @@ class Node:
         self._gates: dict[urls.Kind, tuple[Gate, ...]] = {}
         self._rewriters: dict[urls.Kind, tuple[Rewriter, ...]] = {}
         self._fast_kinds = CACHEABLE
+        self._epoch = 0  # bumped by install: renewed fast-path hits must not outlive the hooks they saw
         self._flusher: asyncio.TimerHandle | None = None
 
     def install(self, gates: Sequence[Gate] = (), rewriters: Sequence[Rewriter] = ()) -> None:
@@ -232,6 +251,7 @@ class Node:
         self._rewriters = {k: tuple(r for r in self.rewriters if k in r.kinds) for k in urls.Kind}
         self._fast_kinds = frozenset(k for k in CACHEABLE if not self._gates[k] and not self._rewriters[k])
         self._routes.clear()
+        self._epoch += 1
 
     def _make_upstream(self, config: NodeConfig) -> Upstream:
         return Upstream(config.upstream, node=config.name,
@@ -357,12 +377,14 @@ class Node:
                 return None
             age = int(verdict.age)
             if entry.facts.immutable and verdict.ttl >= 1.0:
-                entry.fresh_in = (second, age)
+                entry.fresh_in = fresh_in = (second, age)
         self.metrics.result("HIT", hit.meta.status, hit.size)
         self.prefetcher.requested(path)
         if route.kind is urls.Kind.SEGMENT:
             self.prefetcher.after(route, path)
-        return FastHit(hit, entry.cached, age)
+        # Renewing within this second may skip the prefetcher: the request is not its first for this path
+        # (requested() has nothing left to count) and after() does nothing for a path handled within its ttl.
+        return FastHit(hit, entry.cached, age, self, second if fresh_in is not None and fresh_in[0] == second else None)
 
     # --- aiohttp phases -------------------------------------------------------------
     def error(self, request: web.Request, status: int, reason: str, **extra: str) -> web.Response:
@@ -814,11 +836,15 @@ def create_app(config: NodeConfig, *, role: str, config_file: Path | None = None
     app.on_cleanup.append(on_cleanup)
     app.router.add_route("*", r"/{tail:[\s\S]*}", node.handle)
 
+    servers: list[Any] = []  # the fast path's (one per listening socket)
+
     async def site(runner: web.AppRunner, sock: Any) -> Any:
         from cache.fastpath import FastPathMetrics, serve
 
-        return await serve(sock, runner, node.lookup, config.name, cors_origins=node.origins,
-                           metrics=FastPathMetrics(config.name, node.registry), clock=clock)
+        server = await serve(sock, runner, node.lookup, config.name, cors_origins=node.origins,
+                             metrics=FastPathMetrics(config.name, node.registry), clock=clock)
+        servers.append(server)
+        return server
 
     app[SITE] = site
     if load_config is None and config_file is not None and args is not None:
@@ -841,6 +867,8 @@ def create_app(config: NodeConfig, *, role: str, config_file: Path | None = None
                 log.error("reload refused, keeping the running config: %s", exc)
                 return
             await node.reload(new)
+            for server in servers:
+                server.cors_origins = node.origins
 
         app[RELOAD] = reload
     return app

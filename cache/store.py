@@ -415,21 +415,29 @@ class Hit:
     Disk hits: ``fileno()`` is an open descriptor for ``os.sendfile`` (valid
     even if the object is evicted meanwhile); RAM hits: ``body`` holds the
     bytes and ``fileno()`` raises.  ``close()`` (or ``with``) releases the fd.
+    A hit on a descriptor the store holds open is ``renewable``: see
+    ``Store.renew``.
     """
 
-    __slots__ = ("_fd", "_shared", "body", "meta", "source")
+    __slots__ = ("_fd", "_known", "_shared", "body", "meta", "source")
 
     def __init__(self, meta: Meta, *, fd: int | None = None, body: bytes | None = None,
-                 shared: _OpenFile | None = None) -> None:
+                 shared: _OpenFile | None = None, known: _Known | None = None) -> None:
         self.meta = meta
         self.body = body
         self._fd = fd if shared is None else shared.fd
         self._shared = shared  # a descriptor held open by the store (see _OpenFile), released, not closed
+        self._known = known  # what the held descriptor was verified as (renewable hits only)
         self.source = "ram" if body is not None else "disk"
 
     @property
     def size(self) -> int:
         return self.meta.size
+
+    @property
+    def renewable(self) -> bool:
+        """Whether ``Store.renew`` can vouch for this hit again (a held, verified descriptor)."""
+        return self._known is not None
 
     def fileno(self) -> int:
         """The open body file; ``io.UnsupportedOperation`` for a RAM hit."""
@@ -613,6 +621,12 @@ class _Known:
     meta: Meta
     ident: tuple[int, int, int, int]  # dev, inode, size, mtime_ns of the verified file
     trusted_until: float  # monotonic time after which the body is hashed again
+
+
+def _intact(known: _Known, st: os.stat_result) -> bool:
+    """The file ``st`` describes is still the verified object: linked, same identity, within its trust period."""
+    return bool(st.st_nlink) and time.monotonic() < known.trusted_until and (
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.ident
 
 
 class _OpenFile:
@@ -1015,13 +1029,12 @@ class Store:
                 st = os.fstat(held.fd)
             except OSError:
                 st = None
-            if (st is not None and st.st_nlink and time.monotonic() < known.trusted_until
-                    and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.ident):
+            if st is not None and _intact(known, st):
                 with self._known_lock:
                     if not held.retired:
                         self._open.move_to_end(key)
                         self._note_hit(key, now)
-                        return Hit(known.meta, shared=held.acquire())
+                        return Hit(known.meta, shared=held.acquire(), known=known)
         if held is not None:
             self._drop_open(key, held)
         try:
@@ -1033,7 +1046,7 @@ class Store:
         except OSError:
             os.close(fd)
             return None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != known.ident or time.monotonic() >= known.trusted_until:
+        if not _intact(known, st):
             os.close(fd)
             return None
         self._note_hit(key, now)
@@ -1045,7 +1058,29 @@ class Store:
             self._open[key] = held
             while len(self._open) > OPEN_FILES:
                 self._open.popitem(last=False)[1].retire()
-            return Hit(known.meta, shared=held.acquire())
+            return Hit(known.meta, shared=held.acquire(), known=known)
+
+    def renew(self, hit: Hit, now: float) -> bool:
+        """Whether a renewable ``hit``, still open, is still the stored object; if so it counts as a request.
+
+        For a caller that sends one hit again and again within a moment (the
+        fast path's hot replies): the checks ``lookup`` makes on a descriptor
+        it holds open (still linked, same identity, within the trust period,
+        still what this worker knows under that key), without opening
+        anything.  A purge, eviction or replacement in any worker unlinks the
+        file, so it fails from then on.  Other hits: False.
+        """
+        known, fd = hit._known, hit._fd
+        if known is None or fd is None or self._closed or self._known.get(known.meta.key) is not known:
+            return False
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        if not _intact(known, st):
+            return False
+        self._note_hit(known.meta.key, now)
+        return True
 
     def _drop_open(self, key: str, held: _OpenFile | None = None) -> None:
         """Stop holding ``key``'s body file open (only ``held``, when given)."""

@@ -44,6 +44,8 @@ CACHED = Cached.from_stored(200, STORED, SIZE, 1704067260.0)
 class FileHit:
     """A file-backed hit, as the store gives: an open fd closed by close()."""
 
+    renewable = False
+
     def __init__(self, path: str, opened: set[FileHit]) -> None:
         self.cached = CACHED
         self.age = 7
@@ -61,7 +63,23 @@ class FileHit:
         self._opened.remove(self)
 
 
+class HotHit(FileHit):
+    """A renewable file hit: ``renew`` answers ``switch["valid"]`` and is counted in ``switch["renewals"]``."""
+
+    renewable = True
+
+    def __init__(self, path: str, opened: set[FileHit], switch: dict[str, Any]) -> None:
+        super().__init__(path, opened)
+        self._switch = switch
+
+    def renew(self, now: float) -> bool:
+        self._switch["renewals"] += 1
+        return bool(self._switch["valid"])
+
+
 class RamHit:
+    renewable = False
+
     def __init__(self) -> None:
         self.cached = CACHED
         self.age = 7
@@ -84,6 +102,8 @@ class Node:
     loop: asyncio.AbstractEventLoop
     opened: set[FileHit]
     app_requests: list[str] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
+    hot: dict[str, Any] = field(default_factory=lambda: {"valid": True, "renewals": 0})
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the server's loop and return its result."""
@@ -134,8 +154,13 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
     short.write_bytes(DATA[:1000])
     opened: set[FileHit] = set()
     requests: list[str] = []
+    lookups: list[str] = []
+    hot = {"valid": True, "renewals": 0}
 
     def lookup(target: str, headers: list[tuple[str, str]], now: float) -> Any:
+        lookups.append(target)
+        if target.startswith("/hot"):
+            return HotHit(str(path), opened, hot)
         if target.startswith("/seg"):
             return FileHit(str(path), opened)
         if target.startswith("/ram"):
@@ -158,7 +183,7 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)  # inherited by accepted sockets
         sock.bind(("127.0.0.1", 0))
         server = await serve(sock, runner, lookup, "edge-test", **options)
-        started.set_result(Node(sock.getsockname()[1], server, loop, opened, requests))
+        started.set_result(Node(sock.getsockname()[1], server, loop, opened, requests, lookups, hot))
         while not stop.is_set():
             await asyncio.sleep(0.01)
         await server.shutdown(1.0)
@@ -344,6 +369,64 @@ def test_if_none_match_304(client: Client) -> None:
 def test_ram_hit(client: Client) -> None:
     assert client.get("/ram-1").body == DATA
     assert client.get("/ram-1", "Range: bytes=-3").body == DATA[-3:]
+
+
+def test_a_plain_request_again_within_its_second_is_renewed_not_looked_up(
+        tmp_path: Any, loop_kind: str, sendfile_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "SWEEP_INTERVAL", 0.02)
+    clock = [1_800_000_000.25]
+    gen = start_node(tmp_path, loop_kind, clock=lambda: clock[0])
+    n = next(gen)
+    c = Client(n.port)
+    first, second = c.get("/hot-1"), c.get("/hot-1")
+    assert first.body == second.body == DATA and first.raw_head == second.raw_head
+    assert n.lookups == ["/hot-1"] and n.hot["renewals"] == 1
+    assert len(n.opened) == 1  # the hot reply holds its hit
+    # a reply that would differ is looked up: a range, a conditional, an Origin, HEAD, Connection: close
+    assert c.get("/hot-1", "Range: bytes=0-9").body == DATA[:10]
+    assert c.get("/hot-1", f"If-None-Match: {ETAG}").status == 304
+    assert c.get("/hot-1", "Origin: https://a.example").body == DATA
+    assert c.get("/hot-1", method="HEAD").body == b""
+    assert c.get("/hot-1", "Origin: https://a.example").body == DATA  # its own hot reply now
+    assert len(n.lookups) == 5 and n.hot["renewals"] == 2
+    clock[0] += 1  # another second: Date and Age are the lookup's again
+    third = c.get("/hot-1")
+    assert third.body == DATA and third.headers["date"] != first.headers["date"]
+    assert len(n.lookups) == 6
+    n.hot["valid"] = False  # e.g. purged in another worker
+    assert c.get("/hot-1").body == DATA
+    assert len(n.lookups) == 7 and n.hot["renewals"] == 3
+    closing = Client(n.port)
+    assert closing.get("/hot-1", "Connection: close").body == DATA and closing.at_eof()
+    closing.close()
+    assert len(n.lookups) == 8
+    clock[0] += 1
+    assert wait_until(lambda: not n.opened)  # the sweep drops the replies of past seconds, closing their hits
+    n.hot["valid"] = True
+    assert c.get("/hot-1").body == DATA and c.get("/hot-1").body == DATA
+    assert len(n.lookups) == 9 and len(n.opened) == 1
+    c.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not n.opened  # shutdown closes what hot replies held
+
+
+def test_a_hot_reply_dropped_mid_send_keeps_its_file_until_that_send_ends(
+        tmp_path: Any, loop_kind: str, sendfile_mode: str) -> None:
+    clock = [1_800_000_000.25]
+    for n in start_node(tmp_path, loop_kind, sndbuf=4096, clock=lambda: clock[0]):
+        slow = Client(n.port, rcvbuf=4096)
+        slow.send(request("/hot-1"))  # stalls on the small buffers with most of the body unsent
+        assert wait_until(lambda: len(n.lookups) == 1)
+        clock[0] += 1
+        fast = Client(n.port)
+        assert fast.get("/hot-1").body == DATA  # a new second: the old reply is dropped, its send goes on
+        assert len(n.lookups) == 2
+        assert len(n.opened) == (2 if sendfile_mode == "sendfile" else 1)  # without sendfile, read out at once
+        assert slow.response().body == DATA
+        assert wait_until(lambda: len(n.opened) == 1)  # closed once its last send ended
+        slow.close()
+        fast.close()
 
 
 def test_keep_alive_100_requests(node: Node, client: Client) -> None:

@@ -183,6 +183,32 @@ def test_sighup_reloads_upstreams(tmp_path: Path, bad_upstream: BadUpstream) -> 
         other.close()
 
 
+def test_sighup_reloads_the_allowed_origins_of_fast_path_hits_too(tmp_path: Path, bad_upstream: BadUpstream) -> None:
+    cfg = edge_config(tmp_path, bad_upstream.url, tmp_path / "c")
+    cfg.write_text('cors_origin = "https://a.example"\n' + cfg.read_text())
+
+    def allowed(origin: str) -> str | None:
+        request = urllib.request.Request(edge.url + SEG.format(5), headers={"Origin": origin})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.read() == BODY
+            return resp.headers.get("Access-Control-Allow-Origin")
+
+    with node_process("edge", "--config", str(cfg)) as edge:
+        assert allowed("https://a.example") == "https://a.example"  # the miss, by aiohttp
+        deadline = time.monotonic() + 5
+        while get(edge.url + SEG.format(5))[1]["X-Cache"] != "HIT":  # stored once the body has ended
+            assert time.monotonic() < deadline, "never stored"
+            time.sleep(0.05)
+        for _ in range(3):  # hits, answered by the fast path
+            assert allowed("https://a.example") == "https://a.example"
+        cfg.write_text(cfg.read_text().replace("https://a.example", "https://b.example"))
+        edge.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while allowed("https://b.example") != "https://b.example":
+            assert time.monotonic() < deadline, "the fast path kept the old origins"
+            time.sleep(0.1)
+
+
 def test_bad_node_config_fails_at_start_with_key_path(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.toml"
     cfg.write_text('[upstream]\npeers = ["http://127.0.0.1:1"]\nload_epsilon = "lots"\n')

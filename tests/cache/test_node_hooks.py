@@ -7,6 +7,7 @@ A real Node (store, coalescer, upstream) against a real aiohttp upstream on
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -160,3 +161,56 @@ async def test_fast_path_lookup_follows_the_clock_for_a_remembered_fresh_verdict
     assert age(t0 + 5.0) is None
     # a client's no-cache applies to mutable objects only (RFC 8246), remembered verdict or not
     assert (age(t0 + 1.5, [("cache-control", "no-cache")]) is None) is not immutable
+
+
+async def test_a_renewed_fast_path_hit_holds_exactly_as_long_as_a_lookup_would(node: Node, tmp_path: Path) -> None:
+    """FastHit.renew: within its second, for an immutable fresh object, until a purge anywhere or new hooks."""
+    from cache.meta import ResponseHead
+    from cache.store import Store
+
+    def store(path: str, cc: str, t: float) -> None:
+        writer = node.store.begin(path, t, content_length=4)
+        writer.write(b"abcd")
+        assert writer.commit(ResponseHead.build(200, (("Cache-Control", cc),), 4), t) is not None
+
+    seg, mutable = urls.segment_path("t1", "aac-160", 1), urls.segment_path("t1", "aac-160", 2)
+    t0 = float(int(node.clock()))
+    store(seg, "public, max-age=60, immutable", t0)
+    store(mutable, "public, max-age=60", t0)
+    await asyncio.sleep(0.1)  # a body younger than the store's mtime slack is hashed again on its next hit
+    for path in (seg, mutable):
+        node.lookup(path, [], t0 + 0.2).close()  # the first hit verifies and opens; the next ones hold the file
+    hit = node.lookup(seg, [], t0 + 0.3)
+    assert hit is not None and hit.renewable
+
+    def hits() -> float:
+        node.metrics.flush()
+        return node.registry.get_sample_value("legato_cache_requests_total", {"tier": "edge", "result": "HIT"})
+
+    before = hits()
+    assert hit.renew(t0 + 0.5) and hit.renew(t0 + 0.99)
+    assert hits() == before + 2  # each renewal counts as a hit
+    assert not hit.renew(t0 + 1.0)  # another second: Date, Age and the verdict are the lookup's again
+    other = node.lookup(mutable, [], t0 + 0.3)
+    assert other is not None and not other.renewable  # a client's Cache-Control could change its verdict
+    assert not other.renew(t0 + 0.4)
+    other.close()
+
+    again = node.lookup(seg, [], t0 + 0.6)
+    assert again is not None and again.renew(t0 + 0.7)
+    node.install()  # new hooks (a reload) could gate the kind
+    assert not again.renew(t0 + 0.8)
+    again.close()
+
+    held = node.lookup(seg, [], t0 + 0.6)
+    assert held is not None and held.renew(t0 + 0.7)
+    worker = Store(tmp_path / "cache", 1 << 26)  # another worker of the node purges it
+    try:
+        assert worker.delete(seg)
+    finally:
+        worker.close()
+    assert not held.renew(t0 + 0.8)
+    assert os.read(held.fileno(), 4) == b"abcd"  # a send in progress still has its file
+    held.close()
+    hit.close()
+    assert node.lookup(seg, [], t0 + 0.9) is None
