@@ -84,7 +84,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cache.h1 import DEFAULT_LIMITS, H1Error, HeadReader, Limits, RequestHead
-from cache.respond import REQUEST_FIELDS, Cached, Reply, respond
+from cache.respond import Cached, Reply, plain_origin, respond
 from legato import http as h
 from legato.logs import AccessRecord, Observer
 
@@ -470,10 +470,9 @@ class FastPathProtocol(asyncio.Protocol):
         if head.has_body:
             return self._hand_off(head, "body")
         now = ctx.clock()
-        fields = h.fold_headers(head.headers, REQUEST_FIELDS)
-        origin = fields.get("origin")
+        plain, origin = plain_origin(head.headers)
         hot_key = None
-        if len(fields) == (origin is not None):
+        if plain:
             hot_key = (head.target, head.method, head.keep_alive, head.http_version, origin)
             hot = ctx.hot.get(hot_key)
             if hot is not None:

@@ -55,7 +55,7 @@ from http import HTTPStatus
 
 from legato import http as h
 
-__all__ = ["REQUEST_FIELDS", "Cached", "Reply", "respond"]
+__all__ = ["REQUEST_FIELDS", "Cached", "Reply", "plain_origin", "respond"]
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer",
@@ -241,6 +241,23 @@ def _error(status: int, reason: str, shape: _Shape, extra: list[tuple[str, str]]
     headers = [*shape.errors, *common, *extra, ("Cache-Control", "no-store"),
                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     return Reply(status, headers, body=b"" if method == "HEAD" else body)
+
+
+def plain_origin(headers: Iterable[tuple[str, str]]) -> tuple[bool, str | None]:
+    """(plain, Origin) of a request's fields (names lower-cased, as ``cache.h1`` gives them).
+
+    Plain: no field ``respond`` reads but one Origin line at most.  To a
+    plain request ``respond`` answers a 200 object with a reply that depends
+    only on the object, the method, the age, the second, the Origin and the
+    node's allowed origins (the fast path's hot replies rely on this).
+    """
+    origin = None
+    for name, value in headers:
+        if name in REQUEST_FIELDS:
+            if name != "origin" or origin is not None:
+                return False, None
+            origin = value
+    return True, origin
 
 
 def respond(

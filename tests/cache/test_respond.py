@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache.respond import Cached, Reply, respond
+from cache.respond import Cached, Reply, plain_origin, respond
 from legato import http as h
 
 NOW = 1_800_000_000.0
@@ -217,3 +217,24 @@ def test_unconditional_replies_are_reused_within_a_second(cached: Cached) -> Non
     assert get(cached, ("Range", "bytes=0-0")).status == 206
     again = get(cached)
     assert again.headers == first.headers and again.length == SIZE
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ([], (True, None)),
+    ([("host", "a"), ("user-agent", "b"), ("accept", "*/*")], (True, None)),
+    ([("origin", "https://a.example")], (True, "https://a.example")),
+    ([("origin", "https://a.example"), ("origin", "https://b.example")], (False, None)),
+    ([("range", "bytes=0-1")], (False, None)),
+    ([("origin", "https://a.example"), ("if-none-match", ETAG)], (False, None)),
+    ([("if-modified-since", LM_TEXT)], (False, None)),
+])
+def test_plain_origin(headers: list[tuple[str, str]], expected: tuple[bool, str | None]) -> None:
+    assert plain_origin(headers) == expected
+
+
+def test_a_plain_request_gets_the_reply_of_its_method_second_and_origin(cached: Cached) -> None:
+    """What the fast path's hot replies rely on: other fields do not matter."""
+    first = respond(cached, "GET", [("origin", "https://a.example")], NOW + 0.1, "edge-1", 7)
+    again = respond(cached, "GET", [("user-agent", "x"), ("origin", "https://a.example")], NOW + 0.9, "edge-1", 7)
+    assert again is first
+    assert respond(cached, "GET", [("origin", "https://b.example")], NOW + 0.9, "edge-1", 7) is not first

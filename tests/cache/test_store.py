@@ -312,6 +312,31 @@ def test_a_held_descriptor_never_serves_a_purged_or_evicted_object(stores: Calla
     assert open_fds() == before - 1  # and the retired descriptor closes with it
 
 
+def test_renew_vouches_for_a_held_hit_exactly_while_lookup_would_serve_it(stores: Callable[..., Store]) -> None:
+    store, other = stores(), stores()  # two workers of one node
+    for key in ("/k", "/j"):
+        put(store, key, os.urandom(30_000))
+    time.sleep(0.1)
+    for key in ("/k", "/j"):
+        first = store.lookup(key, time.time())  # verified and opened through the index
+        assert first is not None and not first.renewable and not store.renew(first, time.time())
+        first.close()
+    hit, other_hit = store.lookup("/k", time.time()), store.lookup("/j", time.time())
+    assert hit is not None and hit.renewable and other_hit is not None and other_hit.renewable
+    assert store.renew(hit, time.time()) and store.renew(other_hit, time.time())
+    assert other.delete("/k")  # purged in the other worker
+    assert not store.renew(hit, time.time())
+    (path,) = value_files(store.directory)
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, b"\xff", 0)  # changed in place: its identity (mtime) moves
+    os.close(fd)
+    assert not store.renew(other_hit, time.time())
+    assert store.lookup("/j", time.time()) is None  # and lookup finds the corruption
+    hit.close()
+    other_hit.close()
+    assert not store.renew(hit, time.time())  # a closed hit is never vouched for
+
+
 def test_held_descriptors_are_bounded(stores: Callable[..., Store]) -> None:
     from cache.store import OPEN_FILES
 
