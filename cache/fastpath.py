@@ -122,8 +122,9 @@ class Hit(Protocol):
     response's current age in seconds (RFC 9111 §4.2.3); ``size`` the body
     length.  The body is ``body`` (bytes, a RAM hit) or, when ``body`` is
     None, the file ``fileno()`` from offset 0 to ``size``.  ``close()`` is
-    called exactly once, when the response is sent or abandoned; the file
-    must stay open and unchanged until then.
+    called exactly once, when the response is sent or abandoned (a hit kept
+    as a hot reply: once the reply is dropped and its last send is done),
+    and the file must stay open and unchanged until then.
     """
 
     @property
@@ -320,11 +321,12 @@ class _HotReply:
     hit closes once the reply is dropped and no send uses it.
     """
 
-    __slots__ = ("body", "dropped", "head", "hit", "reply", "second", "users")
+    __slots__ = ("body", "dropped", "fd", "head", "hit", "reply", "second", "users")
 
     def __init__(self, hit: Hit, reply: Reply, head: bytes, second: int) -> None:
         self.hit, self.reply, self.head, self.second = hit, reply, head, second
         self.body = hit.body
+        self.fd = hit.fileno() if hit.body is None else -1
         self.users = 0
         self.dropped = False
 
@@ -333,7 +335,7 @@ class _HotReply:
         return self
 
     def fileno(self) -> int:
-        return self.hit.fileno()
+        return self.fd
 
     def close(self) -> None:
         """One send is done with it."""
@@ -496,7 +498,7 @@ class FastPathProtocol(asyncio.Protocol):
             return self._hand_off(head, "error")
         if hot_key is not None and reply.status == 200 and hit.renewable and len(ctx.hot) < HOT_REPLIES:
             hot = ctx.hot[hot_key] = _HotReply(hit, reply, head_data, int(now))
-            hit = hot.use()
+            return self._send(head, hot.use(), reply, head_data)
         return self._send(head, hit, reply, head_data)
 
     def _send(self, head: RequestHead, hit: Hit | _HotReply, reply: Reply, head_data: bytes) -> bool:

@@ -41,6 +41,7 @@ split: the tests feed random splits and compare.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -181,8 +182,31 @@ def _chunked(values: list[str], version: str, has_length: bool) -> bool:
     return True
 
 
+FIELDS_MEMO = 512
+"""Header sections whose parse is remembered (see ``_framing``)."""
+
+FIELDS_MEMO_MAX = 4096
+"""Longer header sections are parsed every time (they would bloat the memo)."""
+
+
 def _framing(method: str, target: str, minor: str, section: str, count_limit: int, raw: bytes) -> RequestHead:
     """Build the head from a validated header section; Host, framing, persistence.
+
+    A client sends the same header section again and again (a player's
+    fields stay the same from one segment request to the next; only the
+    request-line changes), so the parse of a section is remembered.  It
+    depends on nothing but the section, the version and the field-count
+    limit; an invalid one raises every time (errors are not remembered).
+    """
+    version = "1.0" if minor == "0" else "1.1"
+    fields = _fields if len(section) <= FIELDS_MEMO_MAX else _fields.__wrapped__
+    headers, keep_alive, length, chunked = fields(section, version, count_limit)
+    return RequestHead(method, target, version, list(headers), keep_alive, length, chunked, raw)
+
+
+@functools.lru_cache(maxsize=FIELDS_MEMO)
+def _fields(section: str, version: str, count_limit: int) -> tuple[tuple[tuple[str, str], ...], bool, int | None, bool]:
+    """(field lines, keep-alive, Content-Length, chunked) of a validated header section.
 
     The section is ``name ":" value CRLF`` lines already checked against the
     grammar, so plain string methods take it apart: a line splits at its first
@@ -196,7 +220,6 @@ def _framing(method: str, target: str, minor: str, section: str, count_limit: in
     lines.pop()  # the empty string after the last CRLF
     if len(lines) > count_limit:
         raise H1Error(431, f"more than {count_limit} header fields")
-    version = "1.0" if minor == "0" else "1.1"
     headers: list[tuple[str, str]] = []
     hosts = 0
     connection: list[str] = []
@@ -225,7 +248,7 @@ def _framing(method: str, target: str, minor: str, section: str, count_limit: in
         keep_alive = "close" not in options and (version == "1.1" or "keep-alive" in options)
     else:
         keep_alive = version == "1.1"
-    return RequestHead(method, target, version, headers, keep_alive, length, chunked, raw)
+    return tuple(headers), keep_alive, length, chunked
 
 
 def parse_head(buf: bytes | bytearray, start: int = 0, limits: Limits = DEFAULT_LIMITS) -> tuple[RequestHead, int] | None:

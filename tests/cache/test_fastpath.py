@@ -414,19 +414,23 @@ def test_a_plain_request_again_within_its_second_is_renewed_not_looked_up(
 def test_a_hot_reply_dropped_mid_send_keeps_its_file_until_that_send_ends(
         tmp_path: Any, loop_kind: str, sendfile_mode: str) -> None:
     clock = [1_800_000_000.25]
-    for n in start_node(tmp_path, loop_kind, sndbuf=4096, clock=lambda: clock[0]):
-        slow = Client(n.port, rcvbuf=4096)
-        slow.send(request("/hot-1"))  # stalls on the small buffers with most of the body unsent
-        assert wait_until(lambda: len(n.lookups) == 1)
-        clock[0] += 1
-        fast = Client(n.port)
-        assert fast.get("/hot-1").body == DATA  # a new second: the old reply is dropped, its send goes on
-        assert len(n.lookups) == 2
-        assert len(n.opened) == (2 if sendfile_mode == "sendfile" else 1)  # without sendfile, read out at once
-        assert slow.response().body == DATA
-        assert wait_until(lambda: len(n.opened) == 1)  # closed once its last send ended
-        slow.close()
-        fast.close()
+    gen = start_node(tmp_path, loop_kind, sndbuf=4096, clock=lambda: clock[0])
+    n = next(gen)
+    slow = Client(n.port, rcvbuf=4096)
+    slow.send(request("/hot-1"))  # stalls on the small buffers with most of the body unsent
+    assert wait_until(lambda: len(n.lookups) == 1)
+    clock[0] += 1
+    fast = Client(n.port)
+    assert fast.get("/hot-1").body == DATA  # a new second: the old reply is dropped, its send goes on
+    assert len(n.lookups) == 2
+    assert len(n.opened) == (2 if sendfile_mode == "sendfile" else 1)  # without sendfile, read out at once
+    assert slow.response().body == DATA
+    assert wait_until(lambda: len(n.opened) == 1)  # closed once its last send ended
+    slow.close()
+    fast.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not n.opened
 
 
 def test_keep_alive_100_requests(node: Node, client: Client) -> None:

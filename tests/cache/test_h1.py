@@ -54,6 +54,26 @@ def test_field_names_lowered_values_trimmed_order_kept() -> None:
     assert head.get("nope") is None
 
 
+def test_a_remembered_header_section_is_parsed_as_new_each_time() -> None:
+    """The memo of header sections: same answers, separate field lists, errors every time."""
+    section = b"Host: a\r\nOrigin: https://p.example\r\nConnection: close\r\n\r\n"
+    first = parse(b"GET /seg-1 HTTP/1.1\r\n" + section)
+    first.headers.append(("x-mine", "changed"))  # a head's fields are its own
+    second = parse(b"HEAD /seg-2 HTTP/1.1\r\n" + section)
+    assert (second.method, second.target, second.keep_alive) == ("HEAD", "/seg-2", False)
+    assert second.headers == [("host", "a"), ("origin", "https://p.example"), ("connection", "close")]
+    assert parse(b"GET /seg-3 HTTP/1.0\r\n" + section).http_version == "1.0"  # the version is part of the key
+    assert not parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").has_body
+    assert parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive
+    assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400  # no Host: refused at once...
+    assert status_of(b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400
+    assert status_of(b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400  # ...and again
+    assert parse(b"GET / HTTP/1.0\r\n\r\n").headers == []  # HTTP/1.0 needs no Host
+    assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400
+    tight = Limits(header_count=2)
+    assert status_of(b"GET / HTTP/1.1\r\n" + section, tight) == 431  # the count limit is part of the key
+
+
 def test_obs_text_in_values_and_tabs_inside() -> None:
     head = parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\tau lait\r\n\r\n")
     assert head.get("x") == "caf\xe9\tau lait"
