@@ -23,7 +23,8 @@ temporary directory on 127.0.0.1, one process each:
     each hit takes the whole node path: the fast path's head
     parsing, ``Node.lookup`` (route, ``Store.lookup``, freshness, metrics,
     prefetch bookkeeping), ``cache.respond`` and ``os.sendfile`` (or one
-    ``sendmsg`` from the RAM tier);
+    ``sendmsg`` from the RAM tier), or for the same request again within
+    the second the fast path's hot reply, vouched for by ``Store.renew``;
   - ``edge-disk``: the same with the RAM tier off (``--cache-ram 0``):
     every body goes out with ``os.sendfile``;
   - ``files``: ``cache.fastpath.serve`` alone with a lookup that just
