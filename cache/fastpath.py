@@ -302,6 +302,15 @@ class _Context:
     hot: dict[tuple[str, str, bool, str, str | None], _HotReply] = field(default_factory=dict)
     sample_count: int = 0
 
+    def room_for_hot(self, second: int) -> bool:
+        """Whether another hot reply fits; full of past seconds' replies, they go (the oldest is first)."""
+        if len(self.hot) < HOT_REPLIES:
+            return True
+        if next(iter(self.hot.values())).second >= second:
+            return False
+        self.drop_hot(second)
+        return len(self.hot) < HOT_REPLIES
+
     def drop_hot(self, second: int | None = None) -> None:
         """Forget the hot replies of seconds before ``second`` (all of them by default)."""
         for key, hot in list(self.hot.items()):
@@ -496,7 +505,7 @@ class FastPathProtocol(asyncio.Protocol):
             log.exception("cannot shape a hit for %.200s; handing off", head.target)
             hit.close()
             return self._hand_off(head, "error")
-        if hot_key is not None and reply.status == 200 and hit.renewable and len(ctx.hot) < HOT_REPLIES:
+        if hot_key is not None and reply.status == 200 and hit.renewable and ctx.room_for_hot(int(now)):
             hot = ctx.hot[hot_key] = _HotReply(hit, reply, head_data, int(now))
             return self._send(head, hot.use(), reply, head_data)
         return self._send(head, hit, reply, head_data)

@@ -411,6 +411,28 @@ def test_a_plain_request_again_within_its_second_is_renewed_not_looked_up(
     assert not n.opened  # shutdown closes what hot replies held
 
 
+def test_hot_replies_are_bounded_and_a_new_second_makes_room(
+        tmp_path: Any, loop_kind: str, sendfile_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "HOT_REPLIES", 2)
+    clock = [1_800_000_000.25]
+    gen = start_node(tmp_path, loop_kind, clock=lambda: clock[0])
+    n = next(gen)
+    c = Client(n.port)
+    for target in ("/hot-1", "/hot-2", "/hot-3", "/hot-3", "/hot-1"):
+        assert c.get(target).body == DATA
+    assert n.lookups == ["/hot-1", "/hot-2", "/hot-3", "/hot-3"]  # full: /hot-3 is not kept
+    assert len(n.opened) == 2
+    clock[0] += 1
+    for target in ("/hot-3", "/hot-3"):
+        assert c.get(target).body == DATA
+    assert n.lookups[4:] == ["/hot-3"]  # last second's replies made room
+    assert len(n.opened) == 1
+    c.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not n.opened
+
+
 def test_a_hot_reply_dropped_mid_send_keeps_its_file_until_that_send_ends(
         tmp_path: Any, loop_kind: str, sendfile_mode: str) -> None:
     clock = [1_800_000_000.25]
