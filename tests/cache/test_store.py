@@ -327,8 +327,8 @@ def test_renew_vouches_for_a_held_hit_exactly_while_lookup_would_serve_it(stores
     assert other.delete("/k")  # purged in the other worker
     assert not store.renew(hit, time.time())
     (path,) = value_files(store.directory)
-    fd = os.open(path, os.O_WRONLY)
-    os.pwrite(fd, b"\xff", 0)  # changed in place: its identity (mtime) moves
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, bytes([os.pread(fd, 1, 0)[0] ^ 0xFF]), 0)  # a byte changed in place: its identity (mtime) moves
     os.close(fd)
     assert not store.renew(other_hit, time.time())
     assert store.lookup("/j", time.time()) is None  # and lookup finds the corruption
