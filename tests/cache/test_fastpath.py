@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import socket
 import struct
@@ -199,6 +200,18 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
         loop.close()
 
 
+@contextlib.contextmanager
+def clocked_node(tmp_path: Any, loop_kind: str, **options: Any) -> Iterator[tuple[Node, list[float]]]:
+    """A node on a clock the test moves (``clock[0]``); at the end it shuts down, every hit closed."""
+    clock = [1_800_000_000.25]
+    gen = start_node(tmp_path, loop_kind, clock=lambda: clock[0], **options)
+    n = next(gen)
+    yield n, clock
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not n.opened  # shutdown closes what hot replies held
+
+
 @pytest.fixture
 def node(tmp_path: Any, loop_kind: str, sendfile_mode: str) -> Iterator[Node]:
     yield from start_node(tmp_path, loop_kind)
@@ -374,85 +387,70 @@ def test_ram_hit(client: Client) -> None:
 def test_a_plain_request_again_within_its_second_is_renewed_not_looked_up(
         tmp_path: Any, loop_kind: str, sendfile_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastpath, "SWEEP_INTERVAL", 0.02)
-    clock = [1_800_000_000.25]
-    gen = start_node(tmp_path, loop_kind, clock=lambda: clock[0])
-    n = next(gen)
-    c = Client(n.port)
-    first, second = c.get("/hot-1"), c.get("/hot-1")
-    assert first.body == second.body == DATA and first.raw_head == second.raw_head
-    assert n.lookups == ["/hot-1"] and n.hot["renewals"] == 1
-    assert len(n.opened) == 1  # the hot reply holds its hit
-    # a reply that would differ is looked up: a range, a conditional, an Origin, HEAD, Connection: close
-    assert c.get("/hot-1", "Range: bytes=0-9").body == DATA[:10]
-    assert c.get("/hot-1", f"If-None-Match: {ETAG}").status == 304
-    assert c.get("/hot-1", "Origin: https://a.example").body == DATA
-    assert c.get("/hot-1", method="HEAD").body == b""
-    assert c.get("/hot-1", "Origin: https://a.example").body == DATA  # its own hot reply now
-    assert len(n.lookups) == 5 and n.hot["renewals"] == 2
-    clock[0] += 1  # another second: Date and Age are the lookup's again
-    third = c.get("/hot-1")
-    assert third.body == DATA and third.headers["date"] != first.headers["date"]
-    assert len(n.lookups) == 6
-    n.hot["valid"] = False  # e.g. purged in another worker
-    assert c.get("/hot-1").body == DATA
-    assert len(n.lookups) == 7 and n.hot["renewals"] == 3
-    closing = Client(n.port)
-    assert closing.get("/hot-1", "Connection: close").body == DATA and closing.at_eof()
-    closing.close()
-    assert len(n.lookups) == 8
-    clock[0] += 1
-    assert wait_until(lambda: not n.opened)  # the sweep drops the replies of past seconds, closing their hits
-    n.hot["valid"] = True
-    assert c.get("/hot-1").body == DATA and c.get("/hot-1").body == DATA
-    assert len(n.lookups) == 9 and len(n.opened) == 1
-    c.close()
-    with pytest.raises(StopIteration):
-        next(gen)
-    assert not n.opened  # shutdown closes what hot replies held
+    with clocked_node(tmp_path, loop_kind) as (n, clock):
+        c = Client(n.port)
+        first, second = c.get("/hot-1"), c.get("/hot-1")
+        assert first.body == second.body == DATA and first.raw_head == second.raw_head
+        assert n.lookups == ["/hot-1"] and n.hot["renewals"] == 1
+        assert len(n.opened) == 1  # the hot reply holds its hit
+        # a reply that would differ is looked up: a range, a conditional, an Origin, HEAD, Connection: close
+        assert c.get("/hot-1", "Range: bytes=0-9").body == DATA[:10]
+        assert c.get("/hot-1", f"If-None-Match: {ETAG}").status == 304
+        assert c.get("/hot-1", "Origin: https://a.example").body == DATA
+        assert c.get("/hot-1", method="HEAD").body == b""
+        assert c.get("/hot-1", "Origin: https://a.example").body == DATA  # its own hot reply now
+        assert len(n.lookups) == 5 and n.hot["renewals"] == 2
+        clock[0] += 1  # another second: Date and Age are the lookup's again
+        third = c.get("/hot-1")
+        assert third.body == DATA and third.headers["date"] != first.headers["date"]
+        assert len(n.lookups) == 6
+        n.hot["valid"] = False  # e.g. purged in another worker
+        assert c.get("/hot-1").body == DATA
+        assert len(n.lookups) == 7 and n.hot["renewals"] == 3
+        closing = Client(n.port)
+        assert closing.get("/hot-1", "Connection: close").body == DATA and closing.at_eof()
+        closing.close()
+        assert len(n.lookups) == 8
+        clock[0] += 1
+        assert wait_until(lambda: not n.opened)  # the sweep drops the replies of past seconds, closing their hits
+        n.hot["valid"] = True
+        assert c.get("/hot-1").body == DATA and c.get("/hot-1").body == DATA
+        assert len(n.lookups) == 9 and len(n.opened) == 1
+        c.close()
 
 
 def test_hot_replies_are_bounded_and_a_new_second_makes_room(
         tmp_path: Any, loop_kind: str, sendfile_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastpath, "HOT_REPLIES", 2)
-    clock = [1_800_000_000.25]
-    gen = start_node(tmp_path, loop_kind, clock=lambda: clock[0])
-    n = next(gen)
-    c = Client(n.port)
-    for target in ("/hot-1", "/hot-2", "/hot-3", "/hot-3", "/hot-1"):
-        assert c.get(target).body == DATA
-    assert n.lookups == ["/hot-1", "/hot-2", "/hot-3", "/hot-3"]  # full: /hot-3 is not kept
-    assert len(n.opened) == 2
-    clock[0] += 1
-    for target in ("/hot-3", "/hot-3"):
-        assert c.get(target).body == DATA
-    assert n.lookups[4:] == ["/hot-3"]  # last second's replies made room
-    assert len(n.opened) == 1
-    c.close()
-    with pytest.raises(StopIteration):
-        next(gen)
-    assert not n.opened
+    with clocked_node(tmp_path, loop_kind) as (n, clock):
+        c = Client(n.port)
+        for target in ("/hot-1", "/hot-2", "/hot-3", "/hot-3", "/hot-1"):
+            assert c.get(target).body == DATA
+        assert n.lookups == ["/hot-1", "/hot-2", "/hot-3", "/hot-3"]  # full: /hot-3 is not kept
+        assert len(n.opened) == 2
+        clock[0] += 1
+        for target in ("/hot-3", "/hot-3"):
+            assert c.get(target).body == DATA
+        assert n.lookups[4:] == ["/hot-3"]  # last second's replies made room
+        assert len(n.opened) == 1
+        c.close()
 
 
 def test_a_hot_reply_dropped_mid_send_keeps_its_file_until_that_send_ends(
         tmp_path: Any, loop_kind: str, sendfile_mode: str) -> None:
-    clock = [1_800_000_000.25]
-    gen = start_node(tmp_path, loop_kind, sndbuf=4096, clock=lambda: clock[0])
-    n = next(gen)
-    slow = Client(n.port, rcvbuf=4096)
-    slow.send(request("/hot-1"))  # stalls on the small buffers with most of the body unsent
-    assert wait_until(lambda: len(n.lookups) == 1)
-    clock[0] += 1
-    fast = Client(n.port)
-    assert fast.get("/hot-1").body == DATA  # a new second: the old reply is dropped, its send goes on
-    assert len(n.lookups) == 2
-    assert len(n.opened) == (2 if sendfile_mode == "sendfile" else 1)  # without sendfile, read out at once
-    assert slow.response().body == DATA
-    assert wait_until(lambda: len(n.opened) == 1)  # closed once its last send ended
-    slow.close()
-    fast.close()
-    with pytest.raises(StopIteration):
-        next(gen)
-    assert not n.opened
+    with clocked_node(tmp_path, loop_kind, sndbuf=4096) as (n, clock):
+        slow = Client(n.port, rcvbuf=4096)
+        slow.send(request("/hot-1"))  # stalls on the small buffers with most of the body unsent
+        assert wait_until(lambda: len(n.lookups) == 1)
+        clock[0] += 1
+        fast = Client(n.port)
+        assert fast.get("/hot-1").body == DATA  # a new second: the old reply is dropped, its send goes on
+        assert len(n.lookups) == 2
+        assert len(n.opened) == (2 if sendfile_mode == "sendfile" else 1)  # without sendfile, read out at once
+        assert slow.response().body == DATA
+        assert wait_until(lambda: len(n.opened) == 1)  # closed once its last send ended
+        slow.close()
+        fast.close()
 
 
 def test_keep_alive_100_requests(node: Node, client: Client) -> None:
