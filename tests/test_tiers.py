@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import re
 import shutil
@@ -102,14 +103,14 @@ def cache_node(role: str, name: str, cache_dir: Path, upstreams: list[str], *ext
 
 
 @contextlib.contextmanager
-def tiers(store: Path, tmp: Path, edges: int = 1, edge_workers: int = 1) -> Iterator[Tiers]:
+def tiers(store: Path, tmp: Path, edges: int = 1, edge_workers: int = 1, edge_args: tuple[str, ...] = ()) -> Iterator[Tiers]:
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(node_process("origin", "--store", str(store), "--listen", "127.0.0.1:0",
                                                   "--no-access-log"))
         regionals = [stack.enter_context(cache_node("regional", f"regional-{i}", tmp / f"r{i}", [origin.url]))
                      for i in range(2)]
         edge_nodes = [stack.enter_context(cache_node("edge", f"edge-{i}", tmp / f"e{i}", [r.url for r in regionals],
-                                                     "--workers", str(edge_workers)))
+                                                     "--workers", str(edge_workers), *edge_args))
                       for i in range(edges)]
         yield Tiers(store, origin, regionals, edge_nodes, tmp)
 
@@ -311,6 +312,42 @@ def test_purge_by_prefix_with_token(env: Tiers) -> None:
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.loads(resp.read())["purged"] >= len(paths) - 1
     assert get(edge + paths[-1][0])[1]["X-Cache"] == "MISS"
+
+
+def test_a_purge_stops_every_worker_serving_the_object_at_once(tier_store: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept-alive connections on both workers of an edge, answered by the fast path's hot replies, see the
+    purge on their very next request (the other worker only sees the file unlinked).  The regionals are
+    stopped first, so a fresh copy cannot be fetched: anything served after the purge would be the old one.
+    No RAM tier: these segments are small, and RAM hits are checked against the index on every request."""
+    monkeypatch.setenv("LEGATO_ADMIN_TOKEN", TOKEN)
+    with tiers(tier_store, tmp_path, edge_workers=2, edge_args=("--cache-ram", "0")) as t:
+        edge = t.edges[0].url
+        path, _ = object_paths(t.store, "sunrise-b")[-1]  # the last segment: no prefetch stores it again
+        get(edge + path)
+        until_hit(edge + path)
+        host, port = edge.removeprefix("http://").split(":")
+        conns = [http.client.HTTPConnection(host, int(port), timeout=10) for _ in range(16)]  # over both workers
+
+        def ask(conn: http.client.HTTPConnection) -> tuple[int, str, bytes]:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("X-Cache", ""), resp.read()
+
+        for regional in t.regionals:
+            regional.stop()
+        time.sleep(1.05 - time.time() % 1)  # what follows fits in one second: the hot replies stay in use
+        for conn in conns:
+            for _ in range(3):
+                assert ask(conn)[:2] == (200, "HIT")
+        req = urllib.request.Request(edge + "/admin/purge", data=json.dumps({"path": path}).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert json.loads(resp.read())["purged"] == 1
+        for conn in conns:
+            status, x_cache, _ = ask(conn)
+            assert status in (502, 503, 504) and x_cache != "HIT"
+            conn.close()
 
 
 # --- bad input -----------------------------------------------------------------------
