@@ -34,8 +34,11 @@ committed meanwhile by another worker survives), tells the policy, counts
 ``legato_cache_corrupt_total`` and is a miss.  A corrupt meta record is a miss
 the same way.  Optional RAM tier: objects up to ``ram_object_max`` bytes hit
 twice in this process are kept as verified ``bytes`` (LRU within
-``ram_bytes``); a RAM hit still reads the row, so a purge or replacement by
-any worker is seen at once.  The tier is for small objects only
+``ram_bytes``).  A hot RAM hit is vouched for like a hot disk hit, by one
+``fstat`` of the held file (a purge or replacement by any worker unlinks it),
+not by reading the row: the row read cost 8 µs a hit in process, and a 30 kB
+object behind it served half the requests per second of the same edge
+without the tier.  The tier is for small objects only
 (``RAM_OBJECT_MAX``, 64 KiB: playlists, manifests, init segments, low-rate
 segments): a RAM body goes out with ``sendmsg``, which copies every byte
 into the socket, while ``os.sendfile`` hands over page-cache pages.  Above a
@@ -441,7 +444,7 @@ class Hit:
 
     def fileno(self) -> int:
         """The open body file; ``io.UnsupportedOperation`` for a RAM hit."""
-        if self._fd is None:
+        if self._fd is None or self.body is not None:
             import io
             raise io.UnsupportedOperation("RAM hit: the body is in .body" if self.body is not None else "closed")
         return self._fd
@@ -1017,12 +1020,13 @@ class Store:
         Sound because diskcache gives every write a fresh file name and unlinks the
         file when its row is deleted, purged, evicted or replaced: if the remembered
         file still opens with the verified identity, it is still the object.  Any
-        doubt (gone, changed, trust expired, RAM-tier candidate) falls back to the
-        index.
+        doubt (gone, changed, trust expired) falls back to the index.  A small
+        object's body comes from the RAM tier (read into it from the held file
+        the first time), vouched for the same way, without reading the index.
         """
         known = self._known.get(key)  # each read is atomic under the GIL; a retired `held` is caught below
         held = self._open.get(key)
-        if known is None or (self._ram is not None and known.meta.size <= self._ram_object_max):
+        if known is None:
             return None
         if held is not None and held.filename == known.filename:
             try:
@@ -1030,11 +1034,14 @@ class Store:
             except OSError:
                 st = None
             if st is not None and _intact(known, st):
+                shared = None
                 with self._known_lock:
                     if not held.retired:
                         self._open.move_to_end(key)
                         self._note_hit(key, now)
-                        return Hit(known.meta, shared=held.acquire(), known=known)
+                        shared = held.acquire()
+                if shared is not None:
+                    return Hit(known.meta, shared=shared, known=known, body=self._ram_body(key, known, shared.fd))
         if held is not None:
             self._drop_open(key, held)
         try:
@@ -1058,7 +1065,27 @@ class Store:
             self._open[key] = held
             while len(self._open) > OPEN_FILES:
                 self._open.popitem(last=False)[1].retire()
-            return Hit(known.meta, shared=held.acquire(), known=known)
+            shared = held.acquire()
+        return Hit(known.meta, shared=shared, known=known, body=self._ram_body(key, known, shared.fd))
+
+    def _ram_body(self, key: str, known: _Known, fd: int) -> bytes | None:
+        """A small object's body from the RAM tier, read into it from ``fd`` (its held, verified file) if absent.
+
+        None for objects the RAM tier does not take (or a failed read: the hit goes out from the file).
+        """
+        if self._ram is None or known.meta.size > self._ram_object_max:
+            return None
+        cached = self._ram.get(key, known.filename, known.tag)
+        if cached is not None:
+            return cached[1]
+        try:
+            body = os.pread(fd, known.meta.size, 0)
+        except OSError:
+            return None
+        if len(body) != known.meta.size:
+            return None
+        self._ram.put(key, known.filename, known.tag, known.meta, body)
+        return body
 
     def renew(self, hit: Hit, now: float) -> bool:
         """Whether a renewable ``hit``, still open, is still the stored object; if so it counts as a request.

@@ -475,6 +475,25 @@ def test_capacity_is_enforced_through_the_policy(stores: Callable[..., Store], p
             hit.close()
 
 
+def test_a_hot_ram_hit_is_vouched_for_by_its_held_file_not_the_index(stores: Callable[..., Store],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store, other = stores(ram_bytes=1 << 20), stores()  # two workers of one node
+    put(store, "/small", b"s" * 1000)
+    time.sleep(0.1)
+    for _ in range(2):
+        assert read_hit(store.lookup("/small", time.time())) == b"s" * 1000  # verified; then held, read into RAM
+    assert store._index is not None
+    monkeypatch.setattr(store._index, "row", lambda key: pytest.fail(f"the index was read for {key}"))
+    hit = store.lookup("/small", time.time())
+    assert hit is not None and hit.source == "ram" and hit.body == b"s" * 1000
+    assert hit.renewable and store.renew(hit, time.time())
+    monkeypatch.undo()
+    assert other.delete("/small")  # purged in the other worker: the held file is unlinked
+    assert not store.renew(hit, time.time())
+    assert store.lookup("/small", time.time()) is None
+    hit.close()
+
+
 def test_ram_tier_serves_hot_small_objects_and_follows_changes(stores: Callable[..., Store]) -> None:
     store = stores(ram_bytes=1 << 20, ram_object_max=64 * 1024)
     put(store, "/small", b"s" * 1000)
