@@ -949,11 +949,6 @@ class Store:
         if filename is None or tag is None:
             self._drop_corrupt(key, filename, "row without body file or meta")
             return None
-        if self._ram is not None:
-            cached = self._ram.get(key, filename, tag)
-            if cached is not None:
-                self._note_hit(key, now)
-                return Hit(cached[0], body=cached[1])
         with self._known_lock:
             known = self._known.get(key)
         if known is not None and known.filename != filename:

@@ -494,6 +494,36 @@ def test_a_hot_ram_hit_is_vouched_for_by_its_held_file_not_the_index(stores: Cal
     hit.close()
 
 
+@pytest.mark.parametrize("size", [1000, 100_000], ids=["ram", "disk"])
+def test_after_its_trust_period_a_hot_object_is_hashed_once_and_hot_again(
+        stores: Callable[..., Store], monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    import cache.store
+
+    monkeypatch.setattr(cache.store, "REVERIFY_SECONDS", 0.3)
+    store = stores(ram_bytes=1 << 20)
+    body = os.urandom(size)
+    put(store, "/k", body)
+    time.sleep(0.1)
+    index = store._index
+    assert index is not None
+    rows = 0
+    row = index.row
+
+    def counted(key: str) -> object:
+        nonlocal rows
+        rows += 1
+        return row(key)
+
+    monkeypatch.setattr(index, "row", counted)
+    for _ in range(3):
+        assert read_hit(store.lookup("/k", time.time())) == body
+    time.sleep(0.35)  # trust expired: the next hit hashes the file again...
+    before = rows
+    for _ in range(20):
+        assert read_hit(store.lookup("/k", time.time())) == body
+    assert rows - before == 1  # ...once, through the index; then the held file vouches again
+
+
 def test_ram_tier_serves_hot_small_objects_and_follows_changes(stores: Callable[..., Store]) -> None:
     store = stores(ram_bytes=1 << 20, ram_object_max=64 * 1024)
     put(store, "/small", b"s" * 1000)
