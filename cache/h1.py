@@ -73,9 +73,9 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestHead:
-    """One parsed request head.
+    """One parsed request head (immutable: a remembered parse is shared).
 
     ``headers`` keeps every field line in order, names lower-cased (field
     names are case-insensitive, RFC 9110 §5.1), values with surrounding
@@ -86,7 +86,7 @@ class RequestHead:
     method: str
     target: str
     http_version: str  # "1.0" or "1.1"
-    headers: list[tuple[str, str]]
+    headers: tuple[tuple[str, str], ...]
     keep_alive: bool
     content_length: int | None
     chunked: bool
@@ -185,8 +185,29 @@ def _chunked(values: list[str], version: str, has_length: bool) -> bool:
 FIELDS_MEMO = 512
 """Header sections whose parse is remembered (see ``_framing``)."""
 
-FIELDS_MEMO_MAX = 4096
-"""Longer header sections are parsed every time (they would bloat the memo)."""
+HEADS_MEMO = 512
+"""Whole request heads whose parse is remembered (see ``_known_head``)."""
+
+MEMO_MAX = 4096
+"""Longer sections and heads are parsed every time (they would bloat the memos)."""
+
+
+@functools.lru_cache(maxsize=HEADS_MEMO)
+def _known_head(raw: bytes, count_limit: int) -> RequestHead | None:
+    """The head ``raw`` is, if the one-expression match takes it (None: parse it step by step).
+
+    The same request arrives byte for byte again and again (every listener
+    of a popular track on the same player asks for the same segment with the
+    same fields), so its parse is remembered whole: a ``RequestHead`` is
+    immutable and can be shared.  It depends on nothing but the bytes and
+    the field-count limit; an invalid head raises every time (errors are
+    not remembered).
+    """
+    m = _HEAD.fullmatch(raw.decode("latin-1"))
+    if m is None:
+        return None
+    method, target, minor, section = m.groups()
+    return _framing(method, target, minor, section, count_limit, raw)
 
 
 def _framing(method: str, target: str, minor: str, section: str, count_limit: int, raw: bytes) -> RequestHead:
@@ -199,9 +220,9 @@ def _framing(method: str, target: str, minor: str, section: str, count_limit: in
     limit; an invalid one raises every time (errors are not remembered).
     """
     version = "1.0" if minor == "0" else "1.1"
-    fields = _fields if len(section) <= FIELDS_MEMO_MAX else _fields.__wrapped__
+    fields = _fields if len(section) <= MEMO_MAX else _fields.__wrapped__
     headers, keep_alive, length, chunked = fields(section, version, count_limit)
-    return RequestHead(method, target, version, list(headers), keep_alive, length, chunked, raw)
+    return RequestHead(method, target, version, headers, keep_alive, length, chunked, raw)
 
 
 @functools.lru_cache(maxsize=FIELDS_MEMO)
@@ -259,8 +280,9 @@ def parse_head(buf: bytes | bytearray, start: int = 0, limits: Limits = DEFAULT_
     before the request-line are skipped (§2.2).
 
     A well-formed head shorter than both limits is matched by one regular
-    expression; anything else takes the step-by-step path, which accepts
-    exactly the same heads and finds the precise error.
+    expression (and its parse remembered, see ``_known_head``); anything
+    else takes the step-by-step path, which accepts exactly the same heads
+    and finds the precise error.
     """
     if buf.startswith(b"\r\n", start):
         start = _skip_empty_lines(buf, start, limits)
@@ -269,10 +291,9 @@ def parse_head(buf: bytes | bytearray, start: int = 0, limits: Limits = DEFAULT_
     if term >= 0:
         end = term + 4
         raw = bytes(buf[start:end])
-        m = _HEAD.fullmatch(raw.decode("latin-1"))
-        if m is not None:
-            method, target, minor, section = m.groups()
-            return _framing(method, target, minor, section, limits.header_count, raw), end
+        head = (_known_head if len(raw) <= MEMO_MAX else _known_head.__wrapped__)(raw, limits.header_count)
+        if head is not None:
+            return head, end
     return _parse_slowly(buf, start, limits)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import time
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache.h1 import H1Error, HeadReader, Limits, RequestHead, parse_head
+from cache.h1 import MEMO_MAX, H1Error, HeadReader, Limits, RequestHead, parse_head
 
 GET = b"GET /tracks/a/aac-96k/seg-00001.m4s?token=x HTTP/1.1\r\nHost: edge\r\n\r\n"
 
@@ -42,36 +43,54 @@ def test_simple_get() -> None:
     assert head.method == "GET"
     assert head.target == "/tracks/a/aac-96k/seg-00001.m4s?token=x"
     assert head.http_version == "1.1"
-    assert head.headers == [("host", "edge")]
+    assert head.headers == (("host", "edge"),)
     assert head.keep_alive and not head.has_body
     assert head.raw == GET
 
 
 def test_field_names_lowered_values_trimmed_order_kept() -> None:
     head = parse(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  one \t\r\nx-a:two\r\nRange: bytes=0-\r\nEmpty:\r\n\r\n")
-    assert head.headers == [("host", "a"), ("x-a", "one"), ("x-a", "two"), ("range", "bytes=0-"), ("empty", "")]
+    assert head.headers == (("host", "a"), ("x-a", "one"), ("x-a", "two"), ("range", "bytes=0-"), ("empty", ""))
     assert head.get("x-a") == "one"
     assert head.get("nope") is None
 
 
 def test_a_remembered_header_section_is_parsed_as_new_each_time() -> None:
-    """The memo of header sections: same answers, separate field lists, errors every time."""
+    """The memo of header sections: same answers, errors every time."""
     section = b"Host: a\r\nOrigin: https://p.example\r\nConnection: close\r\n\r\n"
     first = parse(b"GET /seg-1 HTTP/1.1\r\n" + section)
-    first.headers.append(("x-mine", "changed"))  # a head's fields are its own
     second = parse(b"HEAD /seg-2 HTTP/1.1\r\n" + section)
+    assert (first.method, first.target, first.keep_alive) == ("GET", "/seg-1", False)
     assert (second.method, second.target, second.keep_alive) == ("HEAD", "/seg-2", False)
-    assert second.headers == [("host", "a"), ("origin", "https://p.example"), ("connection", "close")]
+    assert second.headers == (("host", "a"), ("origin", "https://p.example"), ("connection", "close"))
     assert parse(b"GET /seg-3 HTTP/1.0\r\n" + section).http_version == "1.0"  # the version is part of the key
     assert not parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").has_body
     assert parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive
     assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400  # no Host: refused at once...
     assert status_of(b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400
     assert status_of(b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400  # ...and again
-    assert parse(b"GET / HTTP/1.0\r\n\r\n").headers == []  # HTTP/1.0 needs no Host
+    assert parse(b"GET / HTTP/1.0\r\n\r\n").headers == ()  # HTTP/1.0 needs no Host
     assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400
     tight = Limits(header_count=2)
     assert status_of(b"GET / HTTP/1.1\r\n" + section, tight) == 431  # the count limit is part of the key
+
+
+def test_a_remembered_head_is_shared_and_immutable() -> None:
+    """The memo of whole heads: the same bytes give the same (frozen) head; other bytes, or limits, do not."""
+    raw = b"GET /seg-1 HTTP/1.1\r\nHost: a\r\nRange: bytes=0-9\r\n\r\n"
+    first = parse(raw)
+    again, end = parse_head(bytearray(b"\r\n" + raw), 0)  # other buffer, same head bytes
+    assert again is first and end == len(raw) + 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.target = "/other"  # type: ignore[misc]
+    assert parse(raw.replace(b"seg-1", b"seg-2")).target == "/seg-2"
+    assert parse(raw.replace(b"GET", b"HEAD")).method == "HEAD"
+    assert status_of(raw, Limits(header_count=1)) == 431  # the count limit is part of the key
+    assert parse(raw) is first
+    assert status_of(b"GET /seg-1 HTTP/1.1\r\n\r\n") == 400  # no Host: refused...
+    assert status_of(b"GET /seg-1 HTTP/1.1\r\n\r\n") == 400  # ...every time
+    long = b"GET /seg-1 HTTP/1.1\r\nHost: a\r\nX: " + b"v" * MEMO_MAX + b"\r\n\r\n"
+    assert parse(long) is not parse(long) and parse(long) == parse(long)  # too long to remember
 
 
 def test_obs_text_in_values_and_tabs_inside() -> None:
@@ -421,7 +440,7 @@ def _ref_framing(method: str, target: str, minor: str, section: str, count_limit
         keep_alive = "close" not in options and (version == "1.1" or "keep-alive" in options)
     else:
         keep_alive = version == "1.1"
-    return RequestHead(method, target, version, headers, keep_alive, length, chunked, raw)
+    return RequestHead(method, target, version, tuple(headers), keep_alive, length, chunked, raw)
 
 
 def _ref_skip_empty_lines(buf: bytes | bytearray, start: int, limits: Limits) -> int:
@@ -489,7 +508,7 @@ def result_of(parser: Callable[..., tuple[RequestHead, int] | None], buf: bytes 
     if parsed is None:
         return None
     head, end = parsed
-    assert type(head) is RequestHead and type(head.raw) is bytes and type(head.headers) is list
+    assert type(head) is RequestHead and type(head.raw) is bytes and type(head.headers) is tuple
     assert all(type(name) is str and type(value) is str for name, value in head.headers)
     return (
         "head", end, head.method, head.target, head.http_version, head.headers,
@@ -520,7 +539,7 @@ def assert_same_everywhere(raw: bytes, limits: Limits = DEFAULT, every_prefix: b
 def test_reference_is_the_frozen_behaviour() -> None:
     """The reference itself gives the answers the rule tests above expect."""
     parsed = _reference_parse_head(GET)
-    assert parsed is not None and parsed[0].headers == [("host", "edge")] and parsed[1] == len(GET)
+    assert parsed is not None and parsed[0].headers == (("host", "edge"),) and parsed[1] == len(GET)
     with pytest.raises(H1Error) as info:
         _reference_parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n")
     assert (info.value.status, info.value.reason) == (501, "transfer coding not implemented")
