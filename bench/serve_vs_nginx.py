@@ -77,7 +77,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -335,7 +335,7 @@ def file_lookup(www: Path) -> Any:
                                                                                 p.stat().st_size, now))
                for p in sorted(www.rglob("*")) if p.is_file()}
 
-    def lookup(target: str, request_headers: list[tuple[str, str]], now: float) -> FileHit | None:
+    def lookup(target: str, request_headers: Sequence[tuple[str, str]], now: float) -> FileHit | None:
         found = objects.get(target)
         return FileHit(*found) if found is not None else None
 

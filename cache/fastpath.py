@@ -158,7 +158,7 @@ class Hit(Protocol):
     def close(self) -> None: ...
 
 
-Lookup = Callable[[str, list[tuple[str, str]], float], "Hit | None"]
+Lookup = Callable[[str, Sequence[tuple[str, str]], float], "Hit | None"]
 """``lookup(target, headers, now)``: a fresh hit to serve, or None to hand off.
 
 ``target`` is the raw request-target as received (query included),

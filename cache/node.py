@@ -352,7 +352,7 @@ class Node:
             parsed = self._routes[raw_path] = (route, route.path, route.kind in self._fast_kinds)
         return parsed
 
-    def lookup(self, target: str, headers: list[tuple[str, str]], now: float) -> FastHit | None:
+    def lookup(self, target: str, headers: Sequence[tuple[str, str]], now: float) -> FastHit | None:
         """cache.fastpath's lookup: a fresh stored object, or None (aiohttp decides)."""
         parsed = self._route(target.partition("?")[0])
         if parsed is None:

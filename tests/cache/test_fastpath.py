@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ def start_node(tmp_path: Any, loop_kind: str, sndbuf: int | None = None, **optio
     lookups: list[str] = []
     hot = {"valid": True, "renewals": 0}
 
-    def lookup(target: str, headers: list[tuple[str, str]], now: float) -> Any:
+    def lookup(target: str, headers: Sequence[tuple[str, str]], now: float) -> Any:
         lookups.append(target)
         if target.startswith("/hot"):
             return HotHit(str(path), opened, hot)
