@@ -126,18 +126,18 @@ def main() -> int:
     md = [
         "# Cold path: latency added per tier on a miss",
         "",
-        f"{args.rounds} distinct cold segments per path, medians and p90 in ms (loopback, {results['machine']['nproc']}"
-        f" cores, {results['machine']['cpu']}).",
+        (f"{args.rounds} distinct cold segments per path, medians and p90 in ms (loopback, {results['machine']['nproc']}"
+         f" cores, {results['machine']['cpu']})."),
         "",
         "| path | median ms | p90 ms |",
         "| --- | --- | --- |",
         *(f"| {k} | {lat[k]['median']:.2f} | {lat[k]['p90']:.2f} |" for k in ("origin", "regional", "edge")),
         "",
-        f"Added by the regional tier: {results['added_ms']['regional_over_origin']:.2f} ms; "
-        f"by the edge tier: {results['added_ms']['edge_over_regional']:.2f} ms (medians).",
+        (f"Added by the regional tier: {results['added_ms']['regional_over_origin']:.2f} ms; "
+         f"by the edge tier: {results['added_ms']['edge_over_regional']:.2f} ms (medians)."),
         "",
-        f"Surge: {args.surge} concurrent requests for one uncached segment at an edge with 2 workers: "
-        f"{results['surge']['ok']} answered 200, origin fetched it {results['surge']['origin_fetches']:.0f} time(s).",
+        (f"Surge: {args.surge} concurrent requests for one uncached segment at an edge with 2 workers: "
+         f"{results['surge']['ok']} answered 200, origin fetched it {results['surge']['origin_fetches']:.0f} time(s)."),
         "",
     ]
     (args.out / "cold_path.md").write_text("\n".join(md))

@@ -418,8 +418,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("Mbit/s")
     ax2 = ax.twinx()
-    ax2.plot(t, [row["edge_hits"] / row["requests"] if row["requests"] else None for row in series], color="tab:green",
-             label="edge hit ratio")
+    ax2.plot(t, [row["edge_hits"] / row["requests"] if row["requests"] else float("nan") for row in series],
+             color="tab:green", label="edge hit ratio")
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("edge hit ratio")
     if results["surge"]:

@@ -198,11 +198,16 @@ def _run(args: argparse.Namespace) -> int:
 def _token(keys_dir: Path, track: str) -> str:
     import uuid
 
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     from drm import tokens
+    from legato.config import ConfigError
 
-    key = load_pem_private_key((keys_dir / "signing" / f"{KEY_ID}.pem").read_bytes(), password=None)
+    key_file = keys_dir / "signing" / f"{KEY_ID}.pem"
+    key = load_pem_private_key(key_file.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"private key file {key_file}: not an Ed25519 key")
     return tokens.issue(key, KEY_ID, user="demo", session=uuid.uuid4().hex, tracks=(track,), now=time.time(),
                         ttl=3600)
 

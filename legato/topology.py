@@ -173,9 +173,10 @@ def start(topology: Topology, store: Path | None = None, access_log: bool = Fals
         if d.name:
             regions = {n.name: n.region for n in topology.edge}
             args = [*_config(d.config), "--listen", d.listen, "--workers", str(d.workers), *quiet]
-            for n in nodes:
-                if n.kind == "edge":
-                    args += ["--edge", f"{n.name}={n.url}" + (f"@{regions[n.name]}" if regions[n.name] else "")]
+            for running in nodes:
+                if running.kind == "edge":
+                    args += ["--edge", f"{running.name}={running.url}"
+                             + (f"@{regions[running.name]}" if regions[running.name] else "")]
             nodes.append(_spawn("director", d.name, args, logs, token))
         for node in nodes:
             _healthy(node.url)

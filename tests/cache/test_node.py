@@ -119,7 +119,7 @@ def test_misbehaving_upstream_is_never_cached(tmp_path: Path, bad_upstream: BadU
         for attempt in range(2):
             t0 = time.monotonic()
             try:
-                status, headers, body = get(edge.url + SEG.format(n))
+                status, headers, _body = get(edge.url + SEG.format(n))
                 outcome: int | str = status
                 assert headers.get("X-Cache") == "MISS"
             except (urllib.error.URLError, ConnectionError, OSError, http_incomplete()):
@@ -127,7 +127,7 @@ def test_misbehaving_upstream_is_never_cached(tmp_path: Path, bad_upstream: BadU
             assert outcome == expect, (n, attempt)
             assert time.monotonic() - t0 < 4.0  # fail fast, not after a long hang
         assert bad_upstream.hits[SEG.format(n)] == 2  # nothing was cached: both attempts went upstream
-        ok_status, ok_headers, ok_body = get(edge.url + SEG.format(5))
+        ok_status, _ok_headers, ok_body = get(edge.url + SEG.format(5))
         assert (ok_status, ok_body) == (200, BODY)
 
 
@@ -213,11 +213,11 @@ def test_bad_node_config_fails_at_start_with_key_path(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.toml"
     cfg.write_text('[upstream]\npeers = ["http://127.0.0.1:1"]\nload_epsilon = "lots"\n')
     proc = subprocess.run([sys.executable, "-m", "legato.cli", "edge", "--config", str(cfg)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "upstream.load_epsilon" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "legato.cli", "edge", "--upstream", "http://127.0.0.1:1",
                            "--policy", "fifo", "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert proc.returncode == 2 and "unknown policy 'fifo'" in proc.stderr
 
 
@@ -240,7 +240,8 @@ def test_up_and_purge_commands(tmp_path: Path, packaged_store: Path) -> None:
         for e in edges:
             assert get(e + seg)[0] == 200
         purge = subprocess.run([sys.executable, "-m", "legato.cli", "purge", "--config", str(topo),
-                                "/tracks/sunrise/"], capture_output=True, text=True, timeout=60)
+                                "/tracks/sunrise/"], capture_output=True, text=True, timeout=60,
+                               check=False)
         assert purge.returncode == 0, purge.stdout + purge.stderr
         answers = dict(line.split(": ", 1) for line in purge.stdout.strip().splitlines())
         assert set(answers) == {"regional ra", "regional rb", "edge e1", "edge e2", "edge e3"}

@@ -1,5 +1,7 @@
 """packager.plan: segment plan, cutting and output-format rules."""
 
+import itertools
+
 import pytest
 
 from packager import plan
@@ -8,7 +10,7 @@ from packager import plan
 def test_boundaries_on_grid_near_target() -> None:
     points = plan.boundaries(882000, 6.0, 44100)
     assert points[0] == 0 and points[-1] == 882000
-    steps = {b - a for a, b in zip(points, points[1:-1])}
+    steps = {b - a for a, b in itertools.pairwise(points[:-1])}
     assert steps == {65 * plan.GRID}  # 6.037 s: the grid multiple nearest 6 s at 44.1 kHz
     assert all(p % plan.GRID == 0 for p in points[:-1])
 
@@ -48,7 +50,8 @@ def test_cut_flac_at_double_rate_aligns_with_aac_plan() -> None:
     points = plan.boundaries(total_aac, 6.0, 48000)
     cuts = plan.cut(durations, points, 48000, 96000, 0)
     assert [c.decode_time for c in cuts[1:]] == [2 * p for p in points[1:-1]]
-    assert [round(c.presentation, 9) for c in cuts] == [round((b - a) / 48000, 9) for a, b in zip(points, points[1:])]
+    assert [round(c.presentation, 9) for c in cuts] == [round((b - a) / 48000, 9)
+                                                        for a, b in itertools.pairwise(points)]
 
 
 def test_split_indices_moves_to_next_sample_edge() -> None:
