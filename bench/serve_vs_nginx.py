@@ -311,6 +311,9 @@ class FileHit:
     def renew(self, now: float) -> bool:
         return False
 
+    def count(self, status: int, sent: int) -> None:
+        pass  # nginx counts nothing either (access_log off)
+
     def fileno(self) -> int:
         return self._fd
 

@@ -95,7 +95,7 @@ from typing import Any, Protocol, Self
 
 import xxhash
 
-from cache.meta import MetaError, ResponseHead
+from cache.meta import Meta, MetaError, ResponseHead
 from cache.store import Hit, Store, Writer
 from legato.proc import pid_alive
 
@@ -580,8 +580,13 @@ class Coalescer:
         """Keys being fetched or followed by this process."""
         return len(self._flights)
 
-    async def get(self, key: str, fetch: Fetch) -> Flight:
-        """Join the fetch of ``key`` or lead it (see ``Role``); ``TooManyWaiters`` if full."""
+    async def get(self, key: str, fetch: Fetch, replacing: Meta | None = None) -> Flight:
+        """Join the fetch of ``key`` or lead it (see ``Role``); ``TooManyWaiters`` if full.
+
+        ``replacing`` is a stored object the caller keeps serving while it is
+        fetched again (a stale copy, RFC 5861): found in the store, it is not
+        the fresh object this call asks for, so it is not served as a ``HIT``.
+        """
         st = self._flights.get(key)
         if st is not None and st.error is None:  # running, or complete and still in memory
             if st.followers >= self.max_followers:
@@ -605,6 +610,9 @@ class Coalescer:
                 log.warning("cross-process coalescing works again")
         if leading and lock is not None:
             hit = self.store.lookup(key, self.clock())
+            if hit is not None and replacing is not None and hit.meta == replacing:
+                hit.close()
+                hit = None
             if hit is not None:  # committed by another worker since the node looked
                 lock.close()
                 return self._from_hit(key, hit)

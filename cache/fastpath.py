@@ -153,6 +153,10 @@ class Hit(Protocol):
         """
         ...
 
+    def count(self, status: int, sent: int) -> None:
+        """The reply to this request (its status, body bytes) is going out: count it."""
+        ...
+
     def fileno(self) -> int: ...
 
     def close(self) -> None: ...
@@ -343,6 +347,9 @@ class _HotReply:
         self.users += 1
         return self
 
+    def count(self, status: int, sent: int) -> None:
+        self.hit.count(status, sent)
+
     def fileno(self) -> int:
         return self.fd
 
@@ -512,6 +519,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _send(self, head: RequestHead, hit: Hit | _HotReply, reply: Reply, head_data: bytes) -> bool:
         """Start sending a shaped reply; False when the loop must stop (see ``_serve``)."""
+        hit.count(reply.status, len(reply.body) or reply.length)
         if self._ctx.access_sample:
             self._maybe_sample(head, reply.status)
         self._keep_alive = head.keep_alive

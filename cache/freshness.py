@@ -297,6 +297,7 @@ class CachedResponse:
     immutable: bool = False  # RFC 8246
     stale_while_revalidate: float = 0.0  # RFC 5861 §3, seconds
     stale_if_error: float = 0.0  # RFC 5861 §4, seconds
+    says_stale_if_error: bool = False  # the response carried stale-if-error (else a cache may choose its own)
     no_cache: bool = False  # §5.2.2.4: validate before every use
     no_stale: bool = False  # must-revalidate, proxy-revalidate or s-maxage: never serve stale
 
@@ -319,6 +320,7 @@ class CachedResponse:
             status, pairs, response_time, heuristic_fraction=heuristic_fraction, heuristic_max=heuristic_max
         )
         age = delta_seconds(_first_member(response["age"])) if "age" in response else None
+        stale_if_error = delta_seconds(cc.get("stale-if-error"))
         return cls(
             status=status,
             date=_date(response, response_time),
@@ -329,7 +331,8 @@ class CachedResponse:
             heuristic=heuristic,
             immutable="immutable" in cc,
             stale_while_revalidate=float(delta_seconds(cc.get("stale-while-revalidate")) or 0),
-            stale_if_error=float(delta_seconds(cc.get("stale-if-error")) or 0),
+            stale_if_error=float(stale_if_error or 0),
+            says_stale_if_error=stale_if_error is not None,
             no_cache="no-cache" in cc,
             no_stale=bool({"must-revalidate", "proxy-revalidate", "s-maxage"} & cc.keys()),
         )

@@ -196,14 +196,14 @@ class FastHit:
         self._second = second
 
     def renew(self, now: float) -> bool:
-        """True if this hit may be sent again at ``now``: counted as a hit, as ``Node.lookup`` would."""
+        """True if this hit may be sent again at ``now`` (the store counts the hit for the policy)."""
         node = self._node
         if not self.renewable or int(now) != self._second or node._epoch != self._epoch:
             return False
-        if not node.store.renew(self._hit, now):
-            return False
-        node.metrics.result("HIT", self._hit.meta.status, self.size)
-        return True
+        return node.store.renew(self._hit, now)
+
+    def count(self, status: int, sent: int) -> None:
+        self._node.metrics.result("HIT", status, sent)
 
     def fileno(self) -> int:
         return self._hit.fileno()
@@ -310,7 +310,7 @@ class Node:
         entry = self._entries.get(memo_key)
         if entry is None:
             facts = fr.CachedResponse.from_response(meta.status, meta.headers, meta.request_time, meta.response_time)
-            if facts.stale_if_error < self.config.cache.stale_if_error:
+            if not facts.says_stale_if_error:  # the setting stands in only for a response that does not say
                 facts = dataclasses.replace(facts, stale_if_error=float(self.config.cache.stale_if_error))
             cached = Cached.from_stored(meta.status, meta.headers, meta.size, meta.response_time)
             entry = self._entries[memo_key] = _Entry(meta, facts, cached)
@@ -378,7 +378,6 @@ class Node:
             age = int(verdict.age)
             if entry.facts.immutable and verdict.ttl >= 1.0:
                 entry.fresh_in = fresh_in = (second, age)
-        self.metrics.result("HIT", hit.meta.status, hit.size)
         self.prefetcher.requested(path)
         if route.kind is urls.Kind.SEGMENT:
             self.prefetcher.after(route, path)
@@ -486,6 +485,7 @@ class Node:
         now = self.clock()
         key = route.path
         stale: bytes | None = None
+        replacing: Meta | None = None
         hit = self.store.lookup(key, now)
         if hit is not None:
             with hit:
@@ -495,13 +495,14 @@ class Node:
             if verdict.freshness is fr.Freshness.FRESH:
                 return data
             if verdict.freshness is fr.Freshness.STALE_WHILE_REVALIDATE:
-                self._revalidate_later(route)
+                self._revalidate_later(route, hit.meta)
                 return data
             if verdict.freshness is fr.Freshness.STALE_IF_ERROR_ONLY:
-                stale = data
-            self.store.delete(key)
+                stale, replacing = data, hit.meta  # stays stored until a new copy replaces it
+            else:
+                self.store.delete(key)
         try:
-            flight = await self.coalescer.get(key, self._fetcher(route, None))
+            flight = await self.coalescer.get(key, self._fetcher(route, None), replacing)
             async with flight:
                 head = await flight.head()
                 data = await flight.read()
@@ -538,15 +539,16 @@ class Node:
             if verdict.freshness is fr.Freshness.FRESH:
                 return await self.send_hit(request, hit, entry.cached, int(verdict.age), "HIT", route)
             if verdict.freshness is fr.Freshness.STALE_WHILE_REVALIDATE:
-                self._revalidate_later(route)
+                self._revalidate_later(route, hit.meta)
                 return await self.send_hit(request, hit, entry.cached, int(verdict.age), "STALE", route)
             if verdict.freshness is fr.Freshness.STALE_IF_ERROR_ONLY:
-                stale = hit  # keep the open body in case upstream fails
+                stale = hit  # kept (open, and stored) in case upstream fails, until a new copy replaces it
             else:
                 hit.close()
-            self.store.delete(key)  # refetch: the coalescer must not find the stale copy
+                self.store.delete(key)  # past every window: of no further use
         try:
-            flight = await self.coalescer.get(key, self._fetcher(route, request))
+            flight = await self.coalescer.get(key, self._fetcher(route, request),
+                                              stale.meta if stale is not None else None)
         except TooManyWaiters as exc:
             if stale is not None:
                 return await self._serve_stale(request, stale, now, route)
@@ -561,6 +563,8 @@ class Node:
                 return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
             if stale is not None:
                 stale.close()
+                if head.status in (404, 410):  # gone upstream: the stale copy may not stand in any more
+                    self.store.delete(key)
             return await self.send_flight(request, flight, head, now, route)
 
     async def _serve_stale(self, request: web.Request, stale: Hit, now: float,
@@ -569,15 +573,15 @@ class Node:
         age = int(fr.current_age(entry.facts, now))
         return await self.send_hit(request, stale, entry.cached, age, "STALE", route)
 
-    def _revalidate_later(self, route: urls.Route) -> None:
+    def _revalidate_later(self, route: urls.Route, stale: Meta) -> None:
+        """Fetch ``route`` again in the background; ``stale`` stays stored (and served) until replaced."""
         if route.path in self._revalidating:
             return
         self._revalidating.add(route.path)
 
         async def refresh() -> None:
             try:
-                self.store.delete(route.path)
-                await self._prefetch(route.path)
+                await self._prefetch(route.path, stale)
             except Exception as exc:  # noqa: BLE001 - the stale copy was served; the next request retries
                 log.info("background revalidation of %s failed: %s", route.path, exc)
             finally:
@@ -594,10 +598,10 @@ class Node:
 
         return fetch
 
-    async def _prefetch(self, path: str) -> int:
+    async def _prefetch(self, path: str, replacing: Meta | None = None) -> int:
         route = urls.parse(path)
         assert route is not None
-        flight = await self.coalescer.get(path, self._fetcher(route, None))
+        flight = await self.coalescer.get(path, self._fetcher(route, None), replacing)
         async with flight:
             head = await flight.head()
             size = 0
@@ -703,30 +707,33 @@ class Node:
         send_body = request.method != hdrs.METH_HEAD and reply.status not in (304,) and length != 0
         if length >= 0:
             resp.content_length = length
-        await resp.prepare(request)
         sent = 0
-        if send_body:
-            position = 0
-            end = first + length if length >= 0 else None
-            try:
-                async for chunk in flight:
-                    lo, hi = position, position + len(chunk)
-                    position = hi
-                    if hi <= first:
-                        continue
-                    piece = chunk[max(0, first - lo):(len(chunk) if end is None else max(0, end - lo))]
-                    if piece:
-                        await resp.write(piece)
-                        sent += len(piece)
-                    if end is not None and position >= end:
-                        break
-            except (CoalesceError, UpstreamError) as exc:
-                log.warning("upstream failed mid-body for %s after %d bytes: %s", flight.key, sent, _reason(exc))
-                self.metrics.result(x_cache, reply.status, sent)
-                if request.transport is not None:
-                    request.transport.close()  # the client must see a broken transfer, not a short one
-                return resp
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            if send_body:
+                position = 0
+                end = first + length if length >= 0 else None
+                try:
+                    async for chunk in flight:
+                        lo, hi = position, position + len(chunk)
+                        position = hi
+                        if hi <= first:
+                            continue
+                        piece = chunk[max(0, first - lo):(len(chunk) if end is None else max(0, end - lo))]
+                        if piece:
+                            await resp.write(piece)
+                            sent += len(piece)
+                        if end is not None and position >= end:
+                            break
+                except (CoalesceError, UpstreamError) as exc:
+                    log.warning("upstream failed mid-body for %s after %d bytes: %s", flight.key, sent, _reason(exc))
+                    self.metrics.result(x_cache, reply.status, sent)
+                    if request.transport is not None:
+                        request.transport.close()  # the client must see a broken transfer, not a short one
+                    return resp
+            await resp.write_eof()
+        except ConnectionResetError:  # the client left (a skip, a seek, a shutdown): not this node's error
+            log.debug("client left during %s after %d bytes", flight.key, sent)
         self.metrics.result(x_cache, reply.status, sent)
         return resp
 

@@ -6,9 +6,11 @@ than ``busy`` client misses are in flight (client misses come first), skip
 segments already cached or recently prefetched, and stop at the rendition's
 last segment when the media playlist is cached (no 404 round trips past the
 end).  Bookkeeping for the metrics: a prefetched object counts as *used*
-when a client asks for it on this worker, *wasted* if nobody did within
-``ttl`` seconds (a hit on another worker of the node counts as wasted: the
-estimate errs on the pessimistic side).
+when a client asks for it on this worker, while it is stored or while its
+prefetch is still in flight (the client joins it); *wasted* if nobody did
+within ``ttl`` seconds, or if it was evicted before anyone asked (the
+client's refetch is not a use of it).  A hit on another worker of the node
+counts as wasted: the estimate errs on the pessimistic side.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ RECENT_MAX = 4096
 """Segments (and renditions) remembered as recently scheduled, per worker."""
 PLAYLIST_RETRY = 10.0
 """Seconds before a rendition whose media playlist was not cached is looked up again."""
+
+_Recent = tuple[tuple[str | None, ...], int]
+"""A segment in ``Prefetcher._recent``: ((track, scheme, rendition), segment number)."""
 
 
 def last_segment(playlist: bytes) -> int | None:
@@ -57,17 +62,31 @@ class Prefetcher:
         self._on_outcome = on_outcome or (lambda outcome, size: None)
         self._clock = clock
         # (track, scheme, rendition), segment number -> when its prefetch was asked for
-        self._recent: OrderedDict[tuple[tuple[str | None, ...], int], float] = OrderedDict()
-        self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()  # prefetched, unused: (when, bytes)
+        self._recent: OrderedDict[_Recent, float] = OrderedDict()
+        # prefetched, unused: (when, bytes, its key in _recent)
+        self._pending: OrderedDict[str, tuple[float, int, _Recent]] = OrderedDict()
+        self._fetching: set[str] = set()  # prefetches in flight
+        self._joined: set[str] = set()  # of those, the ones a client asked for meanwhile
         self._last: dict[tuple[str | None, ...], tuple[int | None, float]] = {}  # rendition -> (last, retry at)
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_expiry = float("-inf")  # expiry runs at most once a second
 
     def requested(self, path: str) -> None:
-        """A client asked for ``path``: a prefetched object is now used."""
+        """A client asked for ``path``: a prefetched object is now used (or was wasted).
+
+        Costs a dict pop and a set lookup; the store is asked only about a
+        prefetched object's first request.  Evicted before it, the object was
+        wasted and may be prefetched again (``after`` skips recent segments).
+        """
         entry = self._pending.pop(path, None)
         if entry is not None:
-            self._on_outcome("used", entry[1])
+            if self._cached(path):
+                self._on_outcome("used", entry[1])
+            else:
+                self._on_outcome("wasted", entry[1])
+                self._recent.pop(entry[2], None)
+        elif path in self._fetching:
+            self._joined.add(path)  # counted as used once the prefetch completes
 
     @property
     def k(self) -> int:
@@ -112,7 +131,7 @@ class Prefetcher:
             if len(recent) > RECENT_MAX:
                 recent.popitem(last=False)
             path = urls.segment_path(route.track, route.rendition, n, route.scheme)
-            task = asyncio.get_running_loop().create_task(self._run(path), name=f"prefetch {path}")
+            task = asyncio.get_running_loop().create_task(self._run(path, (rendition, n)), name=f"prefetch {path}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -133,25 +152,36 @@ class Prefetcher:
             self._last.pop(next(iter(self._last)))
         return last
 
-    async def _run(self, path: str) -> None:
+    async def _run(self, path: str, recent: _Recent) -> None:
         async with self._sem:
             while self._misses() >= self._busy:  # client misses first
                 await asyncio.sleep(0.01)
-            if self._cached(path):
+            if path in self._fetching or self._cached(path):
                 return
+            evicted = self._pending.pop(path, None)  # prefetched before, evicted unused
+            if evicted is not None:
+                self._on_outcome("wasted", evicted[1])
+            self._fetching.add(path)
             try:
                 size = await self._fetch(path)
             except Exception as exc:  # noqa: BLE001 - a failed prefetch is only a missed opportunity
                 log.debug("prefetch of %s failed: %s", path, exc)
                 self._on_outcome("failed", 0)
                 return
+            finally:
+                self._fetching.discard(path)
+                joined = path in self._joined
+                self._joined.discard(path)
             if size:
-                self._pending[path] = (self._clock(), size)
                 self._on_outcome("fetched", size)
+                if joined:
+                    self._on_outcome("used", size)
+                else:
+                    self._pending[path] = (self._clock(), size, recent)
 
     def _expire(self, now: float) -> None:
         while self._pending:
-            _path, (when, size) = next(iter(self._pending.items()))
+            _path, (when, size, _key) = next(iter(self._pending.items()))
             if now - when < self._ttl:
                 break
             self._pending.popitem(last=False)

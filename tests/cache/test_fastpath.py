@@ -56,6 +56,9 @@ class FileHit:
         self._opened = opened
         opened.add(self)
 
+    def count(self, status: int, sent: int) -> None:
+        pass
+
     def fileno(self) -> int:
         return self._fd
 
@@ -86,6 +89,9 @@ class RamHit:
         self.age = 7
         self.size = SIZE
         self.body: bytes | None = DATA
+
+    def count(self, status: int, sent: int) -> None:
+        pass
 
     def fileno(self) -> int:
         raise OSError("RAM hit")
