@@ -54,7 +54,8 @@ def read_hit(hit: Hit | None) -> bytes:
 
 
 def value_files(directory: Path) -> set[Path]:
-    return {p for p in directory.rglob("*.val")}
+    """The store's body files now; a subdirectory removed while it is listed (eviction) is skipped."""
+    return {Path(top, name) for top, _dirs, names in os.walk(directory) for name in names if name.endswith(".val")}
 
 
 def sample(name: str) -> float:
