@@ -7,6 +7,11 @@ bounded time, and on exit stops exactly that process: SIGTERM, then SIGKILL
 after a timeout, then reaps it.  ``origin_process`` is the same with the
 process handle and its captured stderr (the JSON access log) exposed.
 
+``RawUpstream`` is a raw TCP upstream on 127.0.0.1 (port 0) for edge and
+regional tests: it counts each request per path and leaves the answer (or the
+misbehaviour) to a subclass's ``answer``.  ``get(url)`` is a plain client GET
+whose HTTP error answers are answers too.
+
 Import as ``from servers import run_origin`` (tests/ is on sys.path through
 the root conftest).
 """
@@ -17,10 +22,14 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +146,69 @@ def child_process_args(test_file: str, *args: str) -> tuple[list[str], dict[str,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tests.parent), str(tests)))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return [sys.executable, "-c", code, *args], env
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of a GET; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+class RawUpstream:
+    """A raw TCP server on 127.0.0.1 (port 0) answering as a subclass scripts it; counts requests per path.
+
+    A thread accepts connections (polling every 0.2 s for ``close``) and serves
+    each in a thread of its own: it reads the request head, counts the path in
+    ``hits`` (under ``_lock``) and hands the connection to ``answer(conn,
+    path)``, which writes whatever response the test wants; the connection is
+    closed when ``answer`` returns.  ``_stop`` is set by ``close``: ``answer``
+    may wait on it to stall.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.hits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def answer(self, conn: socket.socket, path: str) -> None:
+        """Write the response to a request for ``path`` on ``conn`` (a subclass decides)."""
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ", 2)[1].decode()
+            with self._lock:
+                self.hits[path] = self.hits.get(path, 0) + 1
+            self.answer(conn, path)
+
+    def close(self) -> None:
+        """Stop accepting, release any ``answer`` waiting on ``_stop`` and join the accepting thread."""
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(timeout=2)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import xxhash
+from metrics_text import metric
 from servers import NodeProcess, node_process
 
 from packager.plan import AAC_FRAME
@@ -44,22 +44,6 @@ def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") ->
             return resp.status, dict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers.items()), exc.read()
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
-    text = get(url + "/metrics")[2].decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
 
 
 def until_hit(url: str, timeout: float = 2.0) -> None:

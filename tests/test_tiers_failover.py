@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -22,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from metrics_text import iter_samples, metric
 from servers import NodeProcess, node_process
 from test_tiers import (
     Tiers,
     cache_node,
     catalog,
     get,
-    metric,
     object_paths,
     tier_store,
     tiers,
@@ -192,14 +191,10 @@ def test_a_restarted_regional_is_back_within_a_probe_interval_without_traffic(ti
 def samples(url: str, name: str, tier: str, *labels: str) -> dict[tuple[str, ...], float]:
     """Non-zero samples of ``name`` for ``tier``, keyed by the values of ``labels``."""
     out: dict[tuple[str, ...], float] = {}
-    for line in get(url + "/metrics")[2].decode().splitlines():
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if found.get("tier", tier) == tier and float(m.group(3)):
+    for found, value in iter_samples(get(url + "/metrics")[2].decode(), name):
+        if found.get("tier", tier) == tier and value:
             key = tuple(found.get(label, "") for label in labels)
-            out[key] = out.get(key, 0.0) + float(m.group(3))
+            out[key] = out.get(key, 0.0) + value
     return out
 
 

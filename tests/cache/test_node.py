@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,17 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import node_process
+from servers import RawUpstream, get, node_process
 
 BODY = bytes(range(256)) * 400  # 100 KiB
-
-
-def get(url: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
 
 
 def response(status: int, body: bytes, length: int | None = None, extra: str = "") -> bytes:
@@ -35,61 +26,26 @@ def response(status: int, body: bytes, length: int | None = None, extra: str = "
             f"ETag: \"e{status}\"\r\nConnection: close\r\n{extra}\r\n").encode() + body
 
 
-class BadUpstream:
+class BadUpstream(RawUpstream):
     """A raw TCP server answering each path with canned (mis)behaviour; counts requests."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.hits: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            path = data.split(b" ", 2)[1].decode()
-            self.hits[path] = self.hits.get(path, 0) + 1
-            name = path.rsplit("/", 1)[-1]
-            if path == "/healthz":
-                conn.sendall(response(200, b"ok"))
-            elif name == "seg-00001.m4s":  # truncated: half the body, then the connection drops
-                conn.sendall(response(200, BODY)[: 200 + len(BODY) // 2])
-            elif name == "seg-00002.m4s":  # announces more than it sends, then stalls
-                conn.sendall(response(200, BODY, length=len(BODY) + 5000))
-                self._stop.wait(10)
-            elif name == "seg-00003.m4s":
-                conn.sendall(response(500, b"upstream broke"))
-            elif name == "seg-00004.m4s":  # hangs before answering
-                self._stop.wait(10)
-            elif name == "seg-00005.m4s":
-                conn.sendall(response(200, BODY))
-            else:
-                conn.sendall(response(404, b"no such thing"))
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(timeout=2)
+    def answer(self, conn: socket.socket, path: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        if path == "/healthz":
+            conn.sendall(response(200, b"ok"))
+        elif name == "seg-00001.m4s":  # truncated: half the body, then the connection drops
+            conn.sendall(response(200, BODY)[: 200 + len(BODY) // 2])
+        elif name == "seg-00002.m4s":  # announces more than it sends, then stalls
+            conn.sendall(response(200, BODY, length=len(BODY) + 5000))
+            self._stop.wait(10)
+        elif name == "seg-00003.m4s":
+            conn.sendall(response(500, b"upstream broke"))
+        elif name == "seg-00004.m4s":  # hangs before answering
+            self._stop.wait(10)
+        elif name == "seg-00005.m4s":
+            conn.sendall(response(200, BODY))
+        else:
+            conn.sendall(response(404, b"no such thing"))
 
 
 @pytest.fixture

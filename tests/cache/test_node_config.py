@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 import urllib.error
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from servers import node_process
+from servers import RawUpstream, get, node_process
 
 from cache.policy import POLICIES
 
@@ -43,15 +42,6 @@ SEG = "/tracks/t{}/aac-96k/seg-{:05d}.m4s"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def get(url: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of a GET; HTTP errors are answers too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
-
 
 def healthz(url: str) -> dict[str, Any]:
     """The node's /healthz answer (must be 200)."""
@@ -91,7 +81,7 @@ def response(status: int, body: bytes, length: int | None = None) -> bytes:
             f"ETag: \"e{status}-{length}\"\r\nConnection: close\r\n\r\n").encode() + body
 
 
-class StubUpstream:
+class StubUpstream(RawUpstream):
     """A raw TCP server answering by the last path segment (mis)behaviours; counts requests per path.
 
     seg-00001 truncated (half the body, then close); seg-00002 announces 5000 bytes more than it
@@ -99,78 +89,41 @@ class StubUpstream:
     ``BODY``; seg-00006 is ``BODY`` after 0.6 s; seg-00007 pauses 0.6 s mid-body; seg-00009 is ``BIG``; /healthz 200; anything else 404.
     """
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.hits: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
     def fetches(self) -> dict[str, int]:
         """Requests per path, probes of /healthz left out."""
         with self._lock:
             return {p: n for p, n in self.hits.items() if p != "/healthz"}
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            path = data.split(b" ", 2)[1].decode()
-            with self._lock:
-                self.hits[path] = self.hits.get(path, 0) + 1
-            name = path.rsplit("/", 1)[-1]
-            try:
-                if path == "/healthz":
-                    conn.sendall(response(200, b"ok"))
-                elif name == "seg-00001.m4s":
-                    conn.sendall(response(200, BODY)[: 200 + len(BODY) // 2])
-                elif name == "seg-00002.m4s":
-                    conn.sendall(response(200, BODY, length=len(BODY) + 5000))
-                    self._stop.wait(10)
-                elif name == "seg-00003.m4s":
-                    conn.sendall(response(500, b"upstream broke"))
-                elif name == "seg-00004.m4s":
-                    self._stop.wait(10)
-                elif name == "seg-00005.m4s":
-                    conn.sendall(response(200, BODY))
-                elif name == "seg-00006.m4s":  # slow first byte (within first_byte_timeout), then fine
-                    self._stop.wait(0.6)
-                    conn.sendall(response(200, BODY))
-                elif name == "seg-00007.m4s":  # half the body, a pause (within read_timeout), the rest
-                    whole = response(200, BODY)
-                    conn.sendall(whole[: len(whole) // 2])
-                    self._stop.wait(0.6)
-                    conn.sendall(whole[len(whole) // 2:])
-                elif name == "seg-00009.m4s":
-                    conn.sendall(response(200, BIG))
-                else:
-                    conn.sendall(response(404, b"no such thing"))
-            except OSError:
-                pass  # the node gave up on us
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(timeout=2)
+    def answer(self, conn: socket.socket, path: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        try:
+            if path == "/healthz":
+                conn.sendall(response(200, b"ok"))
+            elif name == "seg-00001.m4s":
+                conn.sendall(response(200, BODY)[: 200 + len(BODY) // 2])
+            elif name == "seg-00002.m4s":
+                conn.sendall(response(200, BODY, length=len(BODY) + 5000))
+                self._stop.wait(10)
+            elif name == "seg-00003.m4s":
+                conn.sendall(response(500, b"upstream broke"))
+            elif name == "seg-00004.m4s":
+                self._stop.wait(10)
+            elif name == "seg-00005.m4s":
+                conn.sendall(response(200, BODY))
+            elif name == "seg-00006.m4s":  # slow first byte (within first_byte_timeout), then fine
+                self._stop.wait(0.6)
+                conn.sendall(response(200, BODY))
+            elif name == "seg-00007.m4s":  # half the body, a pause (within read_timeout), the rest
+                whole = response(200, BODY)
+                conn.sendall(whole[: len(whole) // 2])
+                self._stop.wait(0.6)
+                conn.sendall(whole[len(whole) // 2:])
+            elif name == "seg-00009.m4s":
+                conn.sendall(response(200, BIG))
+            else:
+                conn.sendall(response(404, b"no such thing"))
+        except OSError:
+            pass  # the node gave up on us
 
 
 @pytest.fixture

@@ -263,16 +263,27 @@ STALE_AFTER = 2.2
 """Seconds after a max-age=2 MISS ended by which the object is stale whatever its Date said."""
 
 
+SWR = "public, max-age=2, stale-while-revalidate=30"
+"""Two seconds fresh, then thirty within stale-while-revalidate."""
+
+
+def stored_copy(edge: NodeProcess, upstream: Upstream, name: str,
+                cache_control: str) -> tuple[str, str, Script, float]:
+    """Script ``seg(name)`` upstream with ``cache_control`` and bring version 1 into ``edge``'s store with one
+    MISS: (path, its URL on the edge, the upstream's script for it, when the MISS ended)."""
+    path = seg(name)
+    url = edge.url + path
+    script = upstream.script(path, cache_control)
+    return path, url, script, miss(url, path)
+
+
 # --- stale-while-revalidate -------------------------------------------------------------
 
 
 def test_swr_serves_old_body_at_once_then_new_body_as_hit(edge: NodeProcess, upstream: Upstream) -> None:
     """Past max-age within stale-while-revalidate: STALE with the old body at once, one background refetch
     upstream, then the new body as a HIT (and no further upstream request)."""
-    path = seg("swr-basic")
-    url = edge.url + path
-    script = upstream.script(path, "public, max-age=2, stale-while-revalidate=30")
-    stored = miss(url, path)
+    path, url, script, stored = stored_copy(edge, upstream, "swr-basic", SWR)
     until_hit(url, version(path, 1))
     assert upstream.hits[path] == 1
 
@@ -297,10 +308,7 @@ def test_swr_serves_old_body_at_once_then_new_body_as_hit(edge: NodeProcess, ups
 def test_swr_concurrent_requests_cause_one_upstream_fetch(edge: NodeProcess, upstream: Upstream) -> None:
     """Twenty requests at once on an object within stale-while-revalidate: one upstream fetch in all;
     every answer is complete (old or new body) and the object is a HIT with the new body afterwards."""
-    path = seg("swr-concurrent")
-    url = edge.url + path
-    script = upstream.script(path, "public, max-age=2, stale-while-revalidate=30")
-    stored = miss(url, path)
+    path, url, script, stored = stored_copy(edge, upstream, "swr-concurrent", SWR)
     script.delay = 1.0
     sleep_until(stored + STALE_AFTER)
     results = get_many(url, 20)
@@ -321,11 +329,8 @@ def test_swr_requests_during_the_refetch_get_the_stale_copy_at_once(edge: NodePr
     """While the background refetch is still waiting for upstream, further requests within the
     stale-while-revalidate window are answered from the stale copy at once (RFC 5861 §3: the point of
     the directive is to hide the revalidation's latency), not held until upstream answers."""
-    path = seg("swr-during")
-    url = edge.url + path
     release = threading.Event()
-    script = upstream.script(path, "public, max-age=2, stale-while-revalidate=30")
-    stored = miss(url, path)
+    path, url, script, stored = stored_copy(edge, upstream, "swr-during", SWR)
     script.release = release
     sleep_until(stored + STALE_AFTER)
     timer = threading.Timer(2.0, release.set)  # upstream answers the refetch 2 s from now
@@ -352,10 +357,7 @@ def test_swr_requests_during_the_refetch_get_the_stale_copy_at_once(edge: NodePr
 def test_swr_failed_refetch_keeps_the_stale_copy(edge: NodeProcess, upstream: Upstream) -> None:
     """A background refetch that fails (upstream 500) does not lose the stored object: the next request,
     still within stale-while-revalidate (and the node's stale-if-error), gets the old body as STALE, not a 5xx."""
-    path = seg("swr-failed")
-    url = edge.url + path
-    script = upstream.script(path, "public, max-age=2, stale-while-revalidate=30")
-    stored = miss(url, path)
+    path, url, script, stored = stored_copy(edge, upstream, "swr-failed", SWR)
     script.status = 500
     sleep_until(stored + STALE_AFTER)
     first = get(url)
@@ -374,10 +376,7 @@ def test_swr_failed_refetch_keeps_the_stale_copy(edge: NodeProcess, upstream: Up
 def test_stale_if_error_serves_old_body_marked_stale(edge: NodeProcess, upstream: Upstream) -> None:
     """Past max-age, upstream answering 500: every request in the stale-if-error window gets the old body
     explicitly as STALE (not HIT), with Age >= max-age and Via; once upstream recovers, the new body."""
-    path = seg("sie-serve")
-    url = edge.url + path
-    script = upstream.script(path, "public, max-age=2, stale-if-error=30")
-    stored = miss(url, path)
+    path, url, script, stored = stored_copy(edge, upstream, "sie-serve", "public, max-age=2, stale-if-error=30")
     script.status = 500
     sleep_until(stored + STALE_AFTER)
     for attempt in range(3):
@@ -426,7 +425,7 @@ def test_every_response_kind_carries_age_and_via(edge: NodeProcess, upstream: Up
     path = seg("kinds")
     url = edge.url + path
     release = threading.Event()
-    upstream.script(path, "public, max-age=2, stale-while-revalidate=30", release=release)
+    upstream.script(path, SWR, release=release)
     long_path = seg("kinds-long")
     long_url = edge.url + long_path
     upstream.script(long_path, "public, max-age=60")
