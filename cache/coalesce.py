@@ -321,6 +321,12 @@ class Flight:
         """The whole body (waits for the end)."""
         return b"".join([chunk async for chunk in self])
 
+    async def ended(self) -> None:
+        """Wait until the fetch behind this flight is over (whole body or failure), however far this request read."""
+        st = self._state
+        while not st.over:
+            await st.changed.wait()
+
     @property
     def size_so_far(self) -> int:
         """Bytes of the body received so far (by anyone)."""
@@ -579,6 +585,18 @@ class Coalescer:
     def in_flight(self) -> int:
         """Keys being fetched or followed by this process."""
         return len(self._flights)
+
+    def complete_body(self, key: str) -> bytes | None:
+        """The 200 body of ``key`` if a flight of this process holds it whole (it may not be stored yet).
+
+        A flight ends for its requests before its body is committed to the
+        store (see ``_lead``), so a reader of the store can miss an object
+        a client already has.
+        """
+        st = self._flights.get(key)
+        if st is None or not st.done or st.error is not None or st.head is None or st.head.status != 200:
+            return None
+        return b"".join(st.chunks)
 
     async def get(self, key: str, fetch: Fetch, replacing: Meta | None = None) -> Flight:
         """Join the fetch of ``key`` or lead it (see ``Role``); ``TooManyWaiters`` if full.

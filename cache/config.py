@@ -56,10 +56,23 @@ class CacheSettings:
 class PrefetchConfig:
     segments: int = setting(2, "segments after the requested one fetched in the background (0: off)")
     concurrency: int = setting(4, "background prefetches in flight per worker")
+    max_client_misses: int = setting(0, "a prefetch starts its upstream fetch only while at most this many client "
+                                     "misses (requests waiting on upstream) are in flight on the worker; "
+                                     "prefetches already running go on (0: only while none are)")
+    max_wait: float = setting(10.0, "seconds a scheduled prefetch may wait to start (for client misses to end or a "
+                              "free slot) before it is dropped and counted as skipped")
+    unused_after: float = setting(300.0, "seconds a prefetched segment may go unrequested on its worker before "
+                                  "its bytes count as wasted")
 
     def __post_init__(self) -> None:
         if self.segments < 0 or self.concurrency < 1:
             raise ValueError("prefetch.segments must be >= 0 and prefetch.concurrency >= 1")
+        if self.max_client_misses < 0:
+            raise ValueError("prefetch.max_client_misses must be >= 0")
+        if not self.max_wait > 0:
+            raise ValueError("prefetch.max_wait must be > 0 seconds")
+        if not self.unused_after > 0:
+            raise ValueError("prefetch.unused_after must be > 0 seconds")
 
 
 @dataclass(frozen=True)

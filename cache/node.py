@@ -59,7 +59,7 @@ from cache import freshness as fr
 from cache.coalesce import CoalesceError, Coalescer, Flight, Role, TooManyWaiters
 from cache.config import NodeConfig
 from cache.meta import Meta, ResponseHead
-from cache.prefetch import Prefetcher
+from cache.prefetch import ClientMiss, Prefetcher
 from cache.respond import Cached, Reply, respond
 from cache.store import Hit, Store
 from cache.upstream import HOP_BY_HOP, Sink, Upstream, UpstreamError
@@ -231,7 +231,9 @@ class Node:
         self.upstream = self._make_upstream(config)
         self.prefetcher = Prefetcher(config.prefetch.segments, config.prefetch.concurrency, fetch=self._prefetch,
                                      cached=self._is_cached, playlist=self._stored_body,
-                                     misses_in_flight=self.coalescer.in_flight, on_outcome=self._prefetch_outcome)
+                                     max_client_misses=config.prefetch.max_client_misses,
+                                     max_wait=config.prefetch.max_wait, unused_after=config.prefetch.unused_after,
+                                     on_outcome=self._prefetch_outcome)
         self._entries: OrderedDict[tuple[str, str, float], _Entry] = OrderedDict()
         self._routes: dict[str, tuple[urls.Route, str, bool]] = {}  # raw path -> see _route
         self._revalidating: set[str] = set()
@@ -263,6 +265,7 @@ class Node:
 
     def _flush_metrics(self) -> None:
         self.metrics.flush()
+        self.prefetcher.expire()  # unrequested prefetches count as wasted on an idle worker too
         self._flusher = asyncio.get_running_loop().call_later(METRICS_FLUSH, self._flush_metrics)
 
     async def close(self) -> None:
@@ -297,6 +300,8 @@ class Node:
                                           cache=self.config.cache)
         self.origins = h.parse_origins(config.cors_origin)
         self.prefetcher.k = config.prefetch.segments
+        self.prefetcher.tune(config.prefetch.max_client_misses, config.prefetch.max_wait,
+                             config.prefetch.unused_after)
         log.info("reload: config applied (%d upstream peers)", len(config.upstream.peers))
 
     def _spawn(self, coro: Any) -> None:
@@ -325,9 +330,10 @@ class Node:
         return path in self.store
 
     def _stored_body(self, path: str) -> bytes | None:
+        """A stored object's body, or one complete in memory that is still being committed."""
         hit = self.store.lookup(path, self.clock())
         if hit is None:
-            return None
+            return self.coalescer.complete_body(path)
         with hit:
             return hit.read()
 
@@ -502,10 +508,12 @@ class Node:
             else:
                 self.store.delete(key)
         try:
-            flight = await self.coalescer.get(key, self._fetcher(route, None), replacing)
-            async with flight:
-                head = await flight.head()
-                data = await flight.read()
+            with self.prefetcher.client_miss() as miss:  # client misses first: no prefetch starts meanwhile
+                flight = await self.coalescer.get(key, self._fetcher(route, None), replacing)
+                self._end_miss_with(flight, miss)
+                async with flight:
+                    head = await flight.head()
+                    data = await flight.read()
         except (CoalesceError, UpstreamError) as exc:
             if stale is not None:
                 return stale
@@ -546,26 +554,46 @@ class Node:
             else:
                 hit.close()
                 self.store.delete(key)  # past every window: of no further use
-        try:
-            flight = await self.coalescer.get(key, self._fetcher(route, request),
-                                              stale.meta if stale is not None else None)
-        except TooManyWaiters as exc:
-            if stale is not None:
-                return await self._serve_stale(request, stale, now, route)
-            return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
-        async with flight:
+        with self.prefetcher.client_miss() as miss:  # client misses first: no prefetch starts meanwhile
             try:
-                head = await flight.head()
-            except (CoalesceError, UpstreamError) as exc:
+                flight = await self.coalescer.get(key, self._fetcher(route, request),
+                                                  stale.meta if stale is not None else None)
+            except TooManyWaiters as exc:
                 if stale is not None:
                     return await self._serve_stale(request, stale, now, route)
-                status = getattr(exc, "status", 502)
-                return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
-            if stale is not None:
-                stale.close()
-                if head.status in (404, 410):  # gone upstream: the stale copy may not stand in any more
-                    self.store.delete(key)
-            return await self.send_flight(request, flight, head, now, route)
+                return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
+            self._end_miss_with(flight, miss)
+            async with flight:
+                try:
+                    head = await flight.head()
+                except (CoalesceError, UpstreamError) as exc:
+                    if stale is not None:
+                        return await self._serve_stale(request, stale, now, route)
+                    status = getattr(exc, "status", 502)
+                    return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
+                if stale is not None:
+                    stale.close()
+                    if head.status in (404, 410):  # gone upstream: the stale copy may not stand in any more
+                        self.store.delete(key)
+                return await self.send_flight(request, flight, head, now, route)
+
+    def _end_miss_with(self, flight: Flight, miss: ClientMiss) -> None:
+        """End ``miss`` when ``flight``'s fetch is over, not when a slow client has finished reading it.
+
+        (At the latest when the request ends: the caller's ``with``.)  A body
+        already complete in memory waits on nothing.
+        """
+        if flight.role is Role.HIT:
+            miss.end()
+            return
+
+        async def end() -> None:
+            try:
+                await flight.ended()
+            finally:
+                miss.end()
+
+        self._spawn(end())
 
     async def _serve_stale(self, request: web.Request, stale: Hit, now: float,
                            route: urls.Route) -> web.StreamResponse:

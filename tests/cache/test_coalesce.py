@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from cache.coalesce import (
     UpstreamFailed,
 )
 from cache.meta import ResponseHead
-from cache.store import Hit, Store
+from cache.store import Hit, Store, Writer
 from cache.upstream import UpstreamError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -603,3 +604,41 @@ async def test_disk_full_leader_streams_from_memory_and_other_processes_pass_thr
     finally:
         await co.close()
         store.close()
+
+
+async def test_a_body_complete_in_memory_is_readable_before_its_commit_and_ended_needs_no_reader(
+        upstream: Upstream, session: aiohttp.ClientSession, coalescer: Coalescer, store: Store,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flight ends for its requests before the store has the body: ``complete_body`` gives it meanwhile
+    (the prefetcher reads a playlist a client has just received), and ``Flight.ended`` returns once the
+    fetch is over whether or not anyone read the body."""
+    body = upstream.add("p", 50_000)
+    upstream.hold("p")
+    commit_may_go = threading.Event()
+    real_commit = Writer.commit
+
+    def slow_commit(self: Writer, *args: Any, **kwargs: Any) -> Any:
+        commit_may_go.wait(TIMEOUT)
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Writer, "commit", slow_commit)
+    flight = await coalescer.get("/p", http_fetch(session, upstream.url("p")))
+    assert coalescer.complete_body("/p") is None  # still fetching
+    ended = asyncio.ensure_future(flight.ended())
+    upstream.release["p"].set()
+    await asyncio.wait_for(ended, TIMEOUT)  # nobody read a byte of it
+    assert store.lookup("/p", time.time()) is None  # the commit is held...
+    assert coalescer.complete_body("/p") == body  # ...and the body is there all the same
+    assert coalescer.complete_body("/other") is None
+    flight.close()
+    commit_may_go.set()
+    hit = await committed(store, "/p")
+    with hit:
+        assert hit.read() == body
+    await asyncio.wait_for(until_idle(coalescer), TIMEOUT)
+    assert coalescer.complete_body("/p") is None  # stored now: the flight is gone
+
+
+async def until_idle(coalescer: Coalescer) -> None:
+    while coalescer.in_flight():
+        await asyncio.sleep(0.01)

@@ -9,20 +9,20 @@ from ``/metrics``:
 
 * ``[prefetch] concurrency`` bounds the prefetches in flight at the upstream;
 * a client miss does not wait behind held prefetches, a segment's prefetches
-  start only once its own client miss is answered, and none start while
-  ``busy`` (the ``Prefetcher`` default: the node passes none) client misses
-  are in flight;
+  start only once its own client miss is answered, and none start while more
+  than ``[prefetch] max_client_misses`` (default 0) client misses are in
+  flight; one that waited ``max_wait`` seconds to start is dropped (skipped);
 * ``used`` counts the bytes of a prefetched segment when a client asks for it
   (once); a listener who joins a prefetch still in flight used it too; a
-  prefetched segment evicted before anyone asked for it was wasted, not used.
+  prefetched segment evicted before anyone asked for it was wasted, not used;
+  one nobody asked for within ``unused_after`` seconds was wasted, counted
+  by the node's once-a-second housekeeping even with no further requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -30,16 +30,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from metrics_text import session_metric as metric
 from servers import node_process
 
-from cache.prefetch import Prefetcher
+from cache.config import PrefetchConfig
 from legato import urls
 
 RENDITION = "aac-160"
 INIT_SIZE = 30_000
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=10)
-BUSY: int = inspect.signature(Prefetcher).parameters["busy"].default
-"""Client misses in flight that hold prefetches back (cache.node.Node builds its Prefetcher without ``busy``)."""
+MAX_CLIENT_MISSES = PrefetchConfig().max_client_misses
+"""Client misses in flight that a prefetch may still start beside (the default, which these edges use)."""
 
 
 def seg(track: str, n: int) -> str:
@@ -81,6 +82,7 @@ class Upstream:
         self.held: Callable[[str], bool] = lambda path: False
         self.release = asyncio.Event()
         self.delay = 0.0
+        self.sizes: dict[str, int] = {}  # body length by path, instead of the default
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -113,7 +115,7 @@ class Upstream:
         if route.kind is urls.Kind.MEDIA_PLAYLIST:
             return playlist(self.segments)
         if route.kind is urls.Kind.INIT:
-            return body(route.path, INIT_SIZE)
+            return body(route.path, self.sizes.get(route.path, INIT_SIZE))
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -161,8 +163,10 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 @contextlib.asynccontextmanager
 async def edge(tmp_path: Path, up: Upstream, *, segments: int, concurrency: int = 4,
-               size: int = 64 << 20) -> AsyncIterator[str]:
+               size: int = 64 << 20, prefetch: str = "") -> AsyncIterator[str]:
     """A ``legato edge`` process in front of ``up`` (one worker, LRU, no RAM tier); yields its base URL.
+
+    ``prefetch``: more ``[prefetch]`` lines, each ending in a newline.
 
     Started and stopped in a thread: the upstream runs in this event loop and must keep answering.
     """
@@ -171,7 +175,7 @@ async def edge(tmp_path: Path, up: Upstream, *, segments: int, concurrency: int 
                    f'[upstream]\npeers = ["{up.url}"]\nfirst_byte_timeout = 8.0\nread_timeout = 8.0\n'
                    f'deadline = 15.0\nhealth_interval = 0.2\n'
                    f'[cache]\ndir = "{tmp_path / "cache"}"\nsize = {size}\nram = 0\npolicy = "lru"\n'
-                   f'[prefetch]\nsegments = {segments}\nconcurrency = {concurrency}\n')
+                   f'[prefetch]\nsegments = {segments}\nconcurrency = {concurrency}\n{prefetch}')
     manager = node_process("edge", "--config", str(cfg))
     node = await asyncio.to_thread(manager.__enter__)
     try:
@@ -185,20 +189,6 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes
     """Status, X-Cache and body of a GET."""
     async with session.get(url) as resp:
         return resp.status, resp.headers.get("X-Cache", ""), await resp.read()
-
-
-async def metric(session: aiohttp.ClientSession, base: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
-    async with session.get(base + "/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if m and m.group(1) == name:
-            found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(m.group(3))
-    return total
 
 
 async def prefetched(session: aiohttp.ClientSession, base: str, outcome: str) -> int:
@@ -309,21 +299,76 @@ async def test_a_segments_prefetches_start_only_after_its_own_miss_is_answered(
         assert upstream.events.index(("arrive", seg("t1", 2))) > ended
 
 
+@pytest.mark.parametrize("held", [1, 64])
 async def test_no_prefetch_starts_while_busy_client_misses_are_in_flight(
-        tmp_path: Path, upstream: Upstream, client: aiohttp.ClientSession) -> None:
-    """With BUSY (64) client misses held at the upstream, a segment hit's prefetches wait until they end."""
-    assert BUSY == 64  # the documented default; the node does not pass another
+        tmp_path: Path, upstream: Upstream, client: aiohttp.ClientSession, held: int) -> None:
+    """With ``held`` client misses held at the upstream (1: the default threshold, 0 misses, is exceeded;
+    64: the old threshold), a segment hit's prefetches do not reach the upstream until they are answered."""
+    assert MAX_CLIENT_MISSES == 0  # the documented default; the test edge does not set another
     upstream.held = lambda path: path.startswith("/tracks/c")
     async with edge(tmp_path, upstream, segments=2) as url:
         misses = [asyncio.ensure_future(get(client, url + urls.rendition_path(f"c{i}", RENDITION, "init.mp4")))
-                  for i in range(BUSY)]
-        await until(lambda: len(upstream.open) == BUSY, f"{BUSY} client misses at the upstream")
+                  for i in range(held)]
+        await until(lambda: len(upstream.open) == held, f"{held} client misses at the upstream")
         assert (await get(client, url + seg("t1", 1)))[:2] == (200, "MISS")  # not held
         await asyncio.sleep(0.5)
         assert upstream.segments_arrived("t1") == [1]  # its prefetches wait for the client misses
+        assert upstream.open == {urls.rendition_path(f"c{i}", RENDITION, "init.mp4") for i in range(held)}
         upstream.release.set()
         assert all(status == 200 for status, _, _ in await asyncio.gather(*misses))
         await until(lambda: sorted(upstream.segments_arrived("t1")) == [1, 2, 3], "the prefetches, after the misses")
+        answered = max(i for i, (event, path) in enumerate(upstream.events)
+                       if event == "end" and path.startswith("/tracks/c"))
+        assert upstream.events.index(("arrive", seg("t1", 2))) > answered
+        assert upstream.events.index(("arrive", seg("t1", 3))) > answered
+
+
+async def test_a_slow_client_of_a_finished_miss_does_not_hold_prefetches_back(
+        tmp_path: Path, upstream: Upstream, client: aiohttp.ClientSession) -> None:
+    """A client miss counts against prefetch until its upstream fetch is over, not until the client has
+    read it: a client that reads nothing of an 8 MB miss does not keep a later segment's prefetches waiting."""
+    big = urls.rendition_path("c0", RENDITION, "init.mp4")
+    upstream.sizes[big] = 8_000_000
+    async with edge(tmp_path, upstream, segments=2) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.transport.set_write_buffer_limits(0)
+            writer.write(f"GET {big} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            await writer.drain()
+            await until(lambda: ("end", big) in upstream.events, "the upstream has sent the whole miss")
+            assert (await get(client, url + seg("t1", 1)))[:2] == (200, "MISS")
+            await until(lambda: sorted(upstream.segments_arrived("t1")) == [1, 2, 3], "the prefetches", timeout=3.0)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")  # the slow client is still being served meanwhile
+        finally:
+            writer.close()
+
+
+async def test_a_prefetch_that_waits_longer_than_max_wait_is_dropped(
+        tmp_path: Path, upstream: Upstream, client: aiohttp.ClientSession) -> None:
+    """max_wait = 0.5 s; a client miss held for 1.5 s: segment 1's prefetches are dropped (skipped), not
+    fetched once the miss ends; the next segment request schedules them again."""
+    held = urls.rendition_path("c0", RENDITION, "init.mp4")
+    upstream.held = lambda path: path == held
+    async with edge(tmp_path, upstream, segments=2, prefetch="max_wait = 0.5\n") as url:
+        miss = asyncio.ensure_future(get(client, url + held))
+        await until(lambda: held in upstream.open, "the client miss at the upstream")
+        assert (await get(client, url + seg("t1", 1)))[:2] == (200, "MISS")
+
+        async def skipped() -> bool:
+            async with client.get(url + "/metrics") as resp:
+                return 'outcome="skipped"' in await resp.text()
+
+        await until(skipped, "the prefetches skipped", timeout=3.0)
+        await asyncio.sleep(1.0)
+        upstream.release.set()
+        assert (await miss)[0] == 200
+        await asyncio.sleep(0.5)
+        assert upstream.segments_arrived("t1") == [1]  # dropped: nothing was left waiting
+        assert await prefetched(client, url, "fetched") == 0
+        assert (await get(client, url + seg("t1", 2)))[:2] == (200, "MISS")
+        await until(lambda: sorted(upstream.segments_arrived("t1")) == [1, 2, 3, 4], "3 and 4 prefetched")
 
 
 # --- used and wasted ----------------------------------------------------------------
@@ -395,3 +440,22 @@ async def test_a_prefetched_segment_evicted_before_use_is_wasted_not_used(
             assert (used, wasted) == (0, seg_size(2))
     finally:
         await up.close()
+
+
+async def test_unrequested_prefetches_count_as_wasted_after_unused_after_on_an_idle_edge(
+        tmp_path: Path, upstream: Upstream, client: aiohttp.ClientSession) -> None:
+    """unused_after = 1 s and no request after segment 1: wasted rises by 2's and 3's bytes within ~2 s."""
+    async with edge(tmp_path, upstream, segments=2, prefetch="unused_after = 1.0\n") as url:
+        assert (await get(client, url + seg("t1", 1)))[:2] == (200, "MISS")
+        wanted = seg_size(2) + seg_size(3)
+        await until(lambda: fetched_is(client, url, wanted), "2 and 3 fetched")
+        fetched_at = time.monotonic()
+        assert await prefetched(client, url, "wasted") == 0  # not yet: 1 s has not passed
+
+        async def wasted() -> bool:
+            return await prefetched(client, url, "wasted") == wanted
+
+        await until(wasted, "2 and 3 counted as wasted", timeout=5.0)
+        assert time.monotonic() - fetched_at < 2.5  # the window (1 s) + the housekeeping period (1 s)
+        assert await prefetched(client, url, "used") == 0
+        assert sorted(upstream.segments_arrived("t1")) == [1, 2, 3]
