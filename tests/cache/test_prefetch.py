@@ -155,6 +155,26 @@ async def test_up_to_max_client_misses_may_be_in_flight_when_a_prefetch_starts()
     await p.close()
 
 
+async def test_tune_applies_new_limits_to_waiting_prefetches() -> None:
+    """A reload's ``tune``: raising max_client_misses lets a prefetch waiting on a miss start at once."""
+    world = World(PLAYLIST)
+    p = world.prefetcher(k=1)
+    with p.client_miss():
+        p.after(segment(1))
+        await settle()
+        assert world.fetched == []  # the default: no client miss may be in flight
+        p.tune(max_client_misses=1, max_wait=10.0, unused_after=300.0)
+        await settle()
+        assert world.fetched == paths(2)
+        p.tune(max_client_misses=0, max_wait=10.0, unused_after=300.0)
+        p.after(segment(2))
+        await settle()
+        assert world.fetched == paths(2)  # lowered again: 3 waits for the miss
+    await asyncio.sleep(0.02)
+    assert world.fetched == paths(2, 3)
+    await p.close()
+
+
 async def test_a_running_prefetch_is_not_cancelled_by_a_client_miss() -> None:
     world = World(PLAYLIST)
     gate = asyncio.Event()
