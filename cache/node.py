@@ -522,6 +522,8 @@ class Node:
         if head.status == 200:
             return data
         if head.status in (404, 410):
+            if replacing is not None:  # gone upstream: the stale copy may not stand in any more
+                self.store.delete(key)
             return None
         if stale is not None:
             return stale

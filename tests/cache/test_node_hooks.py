@@ -26,6 +26,7 @@ class Upstream:
     def __init__(self) -> None:
         self.hits: dict[str, int] = {}
         self.down = False
+        self.gone: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/healthz":
@@ -33,6 +34,8 @@ class Upstream:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
         if self.down:
             return web.Response(status=503, text="down")
+        if request.path in self.gone:
+            return web.Response(status=404, text="gone")
         if request.path == "/licenses/t1.json":
             return web.Response(body=LICENCE, headers={"Cache-Control": "public, max-age=60", "ETag": '"l1"'})
         if request.path == "/licenses/short.json":
@@ -90,9 +93,22 @@ async def test_fetch_bytes_stale_if_error_and_failures(node: Node, upstream: tup
     await until(lambda: "/licenses/short.json" in node.store)
     up.down = True
     assert await node.fetch_bytes("/licenses/short.json") == LICENCE  # stale, allowed by stale-if-error
+    assert await node.fetch_bytes("/licenses/short.json") == LICENCE  # and for the whole outage
+    assert "/licenses/short.json" in node.store
     with pytest.raises(UpstreamError) as err:
         await node.fetch_bytes("/licenses/t2.json")  # nothing stored, upstream failing
     assert err.value.status in (502, 503, 504)
+    up.down = False
+    up.gone.add("/licenses/short.json")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (body := await node.fetch_bytes("/licenses/short.json")) is not None:  # until the breaker lets it by
+        assert body == LICENCE and loop.time() < deadline
+        await asyncio.sleep(0.2)
+    assert "/licenses/short.json" not in node.store  # gone upstream: the stale copy went too
+    up.down = True
+    with pytest.raises(UpstreamError):
+        await node.fetch_bytes("/licenses/short.json")
 
 
 @pytest.mark.parametrize("path", ["/keys/0123456789abcdef0123456789abcdef", "/license/clearkey", "/metrics",
