@@ -38,9 +38,9 @@ from cache.ring import Ring
 
 __all__ = ["tier_store"]  # the store fixture, imported to be used here
 
-HEALTH_INTERVAL = UpstreamConfig().health_interval  # the edges run with the default upstream settings
-# Allowance for measuring from the outside: the probe's own loopback round trip and this test's /healthz poll
-MEASURE = 0.05
+# One probe cycle at most: the wait between probes plus the longest a probe may take (its timeout). Measured
+# on a quiet machine: 0.17-0.26 s from the readiness line to a closed breaker.
+PROBE_CYCLE = UpstreamConfig().health_interval + UpstreamConfig().health_timeout
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_killing_the_owning_regional_moves_its_traffic_within_a_second(tier_stor
 
 # --- active health checks -------------------------------------------------------------------
 
-def test_a_restarted_regional_is_back_within_a_probe_interval_without_traffic(tier_store: Path,
+def test_a_restarted_regional_is_back_within_a_probe_cycle_without_traffic(tier_store: Path,
                                                                              tmp_path: Path) -> None:
     with tiers(tier_store, tmp_path) as t:
         edge = t.edges[0].url
@@ -174,7 +174,7 @@ def test_a_restarted_regional_is_back_within_a_probe_interval_without_traffic(ti
                 assert time.monotonic() - up_at < 5, "the restarted regional never came back"
                 time.sleep(0.005)
             back = time.monotonic() - up_at
-            assert back < HEALTH_INTERVAL + MEASURE, f"breaker closed {back:.3f} s after the regional was up"
+            assert back < PROBE_CYCLE, f"breaker closed {back:.3f} s after the regional was up"
             assert metric(edge, "legato_upstream_up", tier="edge", peer=victim.url) == 1
             status, _, body = get(edge + "/healthz")
             assert status == 200 and json.loads(body)["status"] == "ok"
