@@ -150,7 +150,7 @@ def test_killing_the_owning_regional_moves_its_traffic_within_a_second(tier_stor
 # --- active health checks -------------------------------------------------------------------
 
 def test_a_restarted_regional_is_back_within_a_probe_cycle_without_traffic(tier_store: Path,
-                                                                             tmp_path: Path) -> None:
+                                                                          tmp_path: Path) -> None:
     with tiers(tier_store, tmp_path) as t:
         edge = t.edges[0].url
         victim, _ = owner(t, "sunrise")
