@@ -145,10 +145,10 @@ class Hit(Protocol):
     def renew(self, now: float) -> bool:
         """Whether this hit may be sent again, as it is, at ``now`` (within the second it was found in).
 
-        True counts as a new hit of the object for the eviction policy.  The fast path keeps
-        ``renewable`` hits of plain requests open for the rest of their
-        second and asks ``renew`` instead of ``lookup`` for the same request
-        again (see ``FastPathProtocol._serve``).  A hit that is not
+        True counts as a new hit of the object for the eviction policy.  The
+        fast path keeps ``renewable`` hits of plain requests open for the rest
+        of their second and asks ``renew`` instead of ``lookup`` for the same
+        request again (see ``FastPathProtocol._serve``).  A hit that is not
         ``renewable`` is never asked.
         """
         ...

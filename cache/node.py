@@ -59,7 +59,7 @@ from cache import freshness as fr
 from cache.coalesce import CoalesceError, Coalescer, Flight, Role, TooManyWaiters
 from cache.config import NodeConfig
 from cache.meta import Meta, ResponseHead
-from cache.prefetch import ClientMiss, Prefetcher
+from cache.prefetch import Prefetcher
 from cache.respond import Cached, Reply, respond
 from cache.store import Hit, Store
 from cache.upstream import HOP_BY_HOP, Sink, Upstream, UpstreamError
@@ -508,12 +508,10 @@ class Node:
             else:
                 self.store.delete(key)
         try:
-            with self.prefetcher.client_miss() as miss:  # client misses first: no prefetch starts meanwhile
-                flight = await self.coalescer.get(key, self._fetcher(route, None), replacing)
-                self._end_miss_with(flight, miss)
-                async with flight:
-                    head = await flight.head()
-                    data = await flight.read()
+            flight = await self._client_flight(key, self._fetcher(route, None), replacing)
+            async with flight:
+                head = await flight.head()
+                data = await flight.read()
         except (CoalesceError, UpstreamError) as exc:
             if stale is not None:
                 return stale
@@ -556,38 +554,43 @@ class Node:
             else:
                 hit.close()
                 self.store.delete(key)  # past every window: of no further use
-        with self.prefetcher.client_miss() as miss:  # client misses first: no prefetch starts meanwhile
+        try:
+            flight = await self._client_flight(key, self._fetcher(route, request),
+                                               stale.meta if stale is not None else None)
+        except TooManyWaiters as exc:
+            if stale is not None:
+                return await self._serve_stale(request, stale, now, route)
+            return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
+        async with flight:
             try:
-                flight = await self.coalescer.get(key, self._fetcher(route, request),
-                                                  stale.meta if stale is not None else None)
-            except TooManyWaiters as exc:
+                head = await flight.head()
+            except (CoalesceError, UpstreamError) as exc:
                 if stale is not None:
                     return await self._serve_stale(request, stale, now, route)
-                return self.error(request, 503, str(exc), **{"Retry-After": str(exc.retry_after)})
-            self._end_miss_with(flight, miss)
-            async with flight:
-                try:
-                    head = await flight.head()
-                except (CoalesceError, UpstreamError) as exc:
-                    if stale is not None:
-                        return await self._serve_stale(request, stale, now, route)
-                    status = getattr(exc, "status", 502)
-                    return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
-                if stale is not None:
-                    stale.close()
-                    if head.status in (404, 410):  # gone upstream: the stale copy may not stand in any more
-                        self.store.delete(key)
-                return await self.send_flight(request, flight, head, now, route)
+                status = getattr(exc, "status", 502)
+                return self.error(request, status if status in (502, 503, 504) else 502, _reason(exc))
+            if stale is not None:
+                stale.close()
+                if head.status in (404, 410):  # gone upstream: the stale copy may not stand in any more
+                    self.store.delete(key)
+            return await self.send_flight(request, flight, head, now, route)
 
-    def _end_miss_with(self, flight: Flight, miss: ClientMiss) -> None:
-        """End ``miss`` when ``flight``'s fetch is over, not when a slow client has finished reading it.
+    async def _client_flight(self, key: str, fetch: Callable[[Sink], Any], replacing: Meta | None) -> Flight:
+        """``coalescer.get`` for a client request: a *client miss* to the prefetcher until its fetch is over.
 
-        (At the latest when the request ends: the caller's ``with``.)  A body
-        already complete in memory waits on nothing.
+        Prefetches wait while client misses are in flight (client misses
+        first).  The miss ends when the fetch is over, not when a slow client
+        has read the body; a body already complete in memory waits on nothing.
         """
+        miss = self.prefetcher.client_miss()
+        try:
+            flight = await self.coalescer.get(key, fetch, replacing)
+        except BaseException:
+            miss.end()
+            raise
         if flight.role is Role.HIT:
             miss.end()
-            return
+            return flight
 
         async def end() -> None:
             try:
@@ -596,6 +599,7 @@ class Node:
                 miss.end()
 
         self._spawn(end())
+        return flight
 
     async def _serve_stale(self, request: web.Request, stale: Hit, now: float,
                            route: urls.Route) -> web.StreamResponse:

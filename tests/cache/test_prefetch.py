@@ -32,6 +32,18 @@ class World:
         self.cached.add(path)
         return 100
 
+    def gate(self) -> asyncio.Event:
+        """Make every fetch wait until the returned event is set."""
+        gate = asyncio.Event()
+        plain = self.fetch
+
+        async def gated(path: str) -> int:
+            await gate.wait()
+            return await plain(path)
+
+        self.fetch = gated  # type: ignore[method-assign]
+        return gate
+
     def read_playlist(self, path: str) -> bytes | None:
         self.playlist_reads += 1
         assert path == "/tracks/t1/aac-160/index.m3u8"
@@ -177,13 +189,7 @@ async def test_tune_applies_new_limits_to_waiting_prefetches() -> None:
 
 async def test_a_running_prefetch_is_not_cancelled_by_a_client_miss() -> None:
     world = World(PLAYLIST)
-    gate = asyncio.Event()
-
-    async def slow_fetch(path: str) -> int:
-        await gate.wait()
-        return await World.fetch(world, path)
-
-    world.fetch = slow_fetch  # type: ignore[method-assign]
+    gate = world.gate()
     p = world.prefetcher(k=1)
     p.after(segment(1))
     await settle()
@@ -210,13 +216,7 @@ async def test_a_prefetch_waiting_longer_than_max_wait_is_dropped_and_may_be_sch
 
 async def test_a_prefetch_queued_for_a_slot_longer_than_max_wait_is_dropped_too() -> None:
     world = World(None)
-    gate = asyncio.Event()
-
-    async def slow_fetch(path: str) -> int:
-        await gate.wait()
-        return await World.fetch(world, path)
-
-    world.fetch = slow_fetch  # type: ignore[method-assign]
+    gate = world.gate()
     p = world.prefetcher(k=6, max_wait=0.1)  # 4 slots
     p.after(segment(1))
     await asyncio.sleep(0.3)
